@@ -130,6 +130,16 @@ def nats_url(tmp_path_factory):
         log.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Modules whose tests are steps (class Steps) learn which step failed."""
+    outcome = yield
+    report = outcome.get_result()
+    steps = getattr(item.module, "Steps", None)
+    if steps is not None and report.failed and not steps.failed:
+        steps.failed = item.name
+
+
 def pytest_terminal_summary(terminalreporter):
     if SKIPPED_BANNER:
         terminalreporter.section("PACKAGE SYSTEM TESTS SKIPPED", sep="!", red=True, bold=True)
