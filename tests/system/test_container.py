@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import SKIPPED_BANNER
+from pkgbuild import SKIPPED_BANNER
 from nspawn import Container, wait_for
 
 LOG = "/var/log/fshipper-test.log"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SOURCE
+from pkgbuild import SOURCE
 
 UNITS = ("fshipper-producer.service", "fshipper-consumer.service",
          "fshipper-producer@.service", "fshipper-consumer@.service")
