@@ -159,3 +159,15 @@ def test_units_name_existing_programs_and_pages(deb_tree):
             assert (deb_tree / binary.lstrip("/")).is_file(), (unit, binary)
         for page, section in re.findall(r"man:([\w-]+)\((\d)\)", text):
             assert (deb_tree / f"usr/share/man/man{section}/{page}.{section}.gz").is_file(), (unit, page)
+
+
+def test_units_sandbox_exposure(deb_tree, tmp_path):
+    """systemd's own rating of each unit's sandbox stays "OK" (below 2.0)."""
+    unit_dir = deb_tree / "lib/systemd/system"
+    for unit in UNITS:
+        # Rating a template offline needs an instance name.
+        path = tmp_path / unit.replace("@.", "@x.")
+        path.write_text((unit_dir / unit).read_text())
+        report = out("systemd-analyze", "security", "--offline=true", str(path))
+        exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", report).group(1))
+        assert exposure < 2.0, f"{unit}: exposure {exposure}\n{report}"
