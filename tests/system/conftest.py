@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from nspawn import wait_for
-from pkgbuild import SKIPPED_BANNER, SOURCE, Build, build, signing_key, tool
+from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key, tool
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +89,10 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if SUMMARY:
+        terminalreporter.section("package tests")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
     if SKIPPED_BANNER:
         terminalreporter.section("PACKAGE SYSTEM TESTS SKIPPED", sep="!", red=True, bold=True)
         for line in SKIPPED_BANNER:

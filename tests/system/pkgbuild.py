@@ -15,6 +15,7 @@ import pytest
 
 SOURCE = Path(__file__).resolve().parents[2]
 SKIPPED_BANNER: list[str] = []
+SUMMARY: list[str] = []   # lines for the end of the test run
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pkgbuild import SKIPPED_BANNER
+from pkgbuild import SKIPPED_BANNER, SUMMARY
 from nspawn import Container, wait_for
 
 LOG = "/var/log/fshipper-test.log"
@@ -72,7 +72,8 @@ def box(tmp_path_factory, packages, newer_packages):
                  *([] if Steps.failed else ["-p", "warning"])], check=False)
             print(f"\n--- container journal ({'all' if Steps.failed else 'warnings'}) ---\n"
                   f"{journal.stdout[-20000:]}--- end of journal ---")
-    print(f"container test wall time (boot to power-off): {time.monotonic() - Steps.started:.1f} s")
+    SUMMARY.append(f"container test: {time.monotonic() - Steps.started:.1f} s from unpacking the root "
+                   f"to power-off")
     container.remove()
 
 

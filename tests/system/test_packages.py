@@ -171,3 +171,21 @@ def test_units_sandbox_exposure(deb_tree, tmp_path):
         report = out("systemd-analyze", "security", "--offline=true", str(path))
         exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", report).group(1))
         assert exposure < 2.0, f"{unit}: exposure {exposure}\n{report}"
+
+
+def test_creds_without_pynacl_exits_69_naming_the_package(deb_tree, tmp_path):
+    """PyNaCl is only recommended: without it, a NATS_CREDS setting is refused
+    at start with EX_UNAVAILABLE and the package to install."""
+    python = pyenv_python("3.9")
+    assert subprocess.run([python, "-c", "import nacl"], capture_output=True).returncode != 0, \
+        "this interpreter has PyNaCl: the test would show nothing"
+    creds = tmp_path / "nats.creds"
+    creds.write_text("not used: the check comes first\n")
+    (tmp_path / "fshipper.env").write_text(
+        f"NATS_URL=nats://127.0.0.1:4222\nSHIPPER_SUBJECT=shipper\nNATS_CREDS={creds}\n")
+    (tmp_path / "producer.env").write_text(f"SHIPPER_FILE={tmp_path / 'app.log'}\n")
+    result = subprocess.run(
+        [python, str(deb_tree / "usr/bin/fshipper-producer"), "--foreground", "--config-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 69, result
+    assert "python3-nacl" in result.stderr and "python3-pynacl" in result.stderr, result.stderr
