@@ -36,7 +36,7 @@ def period_start(timestamp: float) -> float:
 
 def pattern_glob(pattern: str) -> str:
     """A glob matching every name `pattern` can format to (for expiry)."""
-    return re.sub(r"%.", "*", pattern.replace("%%", "%"))
+    return re.sub(r"%(.)", lambda m: "%" if m.group(1) == "%" else "*", pattern)
 
 
 class Sink:
