@@ -79,3 +79,16 @@ def test_files_older_than_keep_days_are_removed(tmp_path):
     os.utime(other, (now - 10 * 86400, now - 10 * 86400))
     assert sink.expire(now) == [str(old)]
     assert recent.exists() and other.exists() and not old.exists()
+
+
+def test_a_removed_host_directory_is_made_again(tmp_path):
+    import shutil
+
+    sink = Sink("out", str(tmp_path), 4, False, 7)
+    path = sink.path_for("h", time.time())
+    sink.append(path, b"one\n")
+    sink.confirm(sink.write())
+    shutil.rmtree(tmp_path / "h")
+    sink.append(path, b"two\n")
+    sink.confirm(sink.write())
+    assert open(path, "rb").read() == b"two\n"
