@@ -51,6 +51,7 @@ class Consumer:
         self._early_since: Dict[str, float] = {}
         self._refused_logged: set = set()
         self._next_expiry = 0.0
+        self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -68,10 +69,13 @@ class Consumer:
                 connecting.cancel()
                 return
             self.nc = connecting.result()
-            js = self.nc.jetstream()
-            await self._ensure_streams(js, stop)
-            tasks = [asyncio.ensure_future(self._serve(js, n, stop)) for n in self.settings.shipper_read_partitions]
-            await asyncio.gather(*tasks)
+            if self.jetstream:
+                js = self.nc.jetstream()
+                await self._ensure_streams(js, stop)
+                serve = [self._serve(js, n, stop) for n in self.settings.shipper_read_partitions]
+            else:
+                serve = [self._serve_core(n, stop) for n in self.settings.shipper_read_partitions]
+            await asyncio.gather(*serve)
         finally:
             self.sink.close()
             await connection.close(self.nc)
@@ -117,6 +121,25 @@ class Consumer:
                 await _sleep(delay, stop)
             self._housekeeping()
 
+    async def _serve_core(self, number: int, stop: asyncio.Event) -> None:
+        """Plain NATS, at most once (the original design): no acks, no redelivery."""
+        subject = wire.partition_filter(self.settings.shipper_subject, number)
+        sub = await self.nc.subscribe(subject, pending_msgs_limit=100_000, pending_bytes_limit=256 << 20)
+        log.info("partition %d: subscribed to %s (core mode, at most once)", number, subject)
+        backoff = Backoff(first=0.5, cap=30.0)
+        while not stop.is_set():
+            try:
+                msgs = [await sub.next_msg(timeout=FETCH_WAIT)]
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                self._housekeeping()
+                continue
+            while len(msgs) < self.settings.shipper_fetch_batch and sub.pending_msgs:
+                msgs.append(await sub.next_msg())
+            delay = await self._handle(number, msgs, backoff)
+            if delay:
+                await _sleep(delay, stop)
+        await sub.unsubscribe()
+
     def _housekeeping(self) -> None:
         now = time.time()
         if now >= self._next_expiry:
@@ -151,11 +174,12 @@ class Consumer:
             delay = backoff.next_delay()
             log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
                       number, e, len(msgs) - len(refused), delay)
-            for msg in msgs:
-                if msg not in refused:
-                    await _reply(msg.nak(delay=delay))
-            for msg in refused:
-                await _reply(msg.term())
+            if self.jetstream:
+                for msg in msgs:
+                    if msg not in refused:
+                        await _reply(msg.nak(delay=delay))
+                for msg in refused:
+                    await _reply(msg.term())
             return delay
         self.sink.confirm(lengths)
         if backoff.attempt:
@@ -163,6 +187,8 @@ class Consumer:
             backoff.reset()
         self.counters.bytes += written_bytes
         self.counters.messages += len(acks)
+        if not self.jetstream:
+            return 0.0
         for msg in acks:
             await _reply(msg.ack())
         for msg, delay in early:
@@ -179,8 +205,8 @@ class Consumer:
             self._refuse(msg.subject)
             return None
         host = parsed[1]
-        meta = msg.metadata
-        path = self.sink.path_for(host, meta.timestamp.timestamp())
+        meta = msg.metadata if self.jetstream else None
+        path = self.sink.path_for(host, meta.timestamp.timestamp() if meta else time.time())
         pos, more = wire.read_headers(msg.headers)
         data = wire.unframe(msg.data, more)
         if pos is None:  # a plain message (e.g. the original Go producer): no identity to check
@@ -193,7 +219,7 @@ class Consumer:
             return DUPLICATE
         if verdict == EARLY:
             first = self._early_since.setdefault(key, time.monotonic())
-            if time.monotonic() - first < self.settings.shipper_gap_timeout:
+            if meta and time.monotonic() - first < self.settings.shipper_gap_timeout:
                 self.counters.early += 1
                 return min(0.2 * meta.num_delivered, 5.0)
             self.counters.gaps += 1

@@ -184,3 +184,14 @@ def test_a_range_arriving_before_its_predecessor_waits_for_it(pipeline, nats_ser
     wait_until(lambda: p.output_files("order-host") and p.output("order-host").count(b"\n") == 3, 30,
                lambda: f"the lines\n{p.logs()}")
     assert p.output("order-host") == b"first\nsecond\nthird\n"
+
+
+def test_core_mode_ships_over_plain_nats(pipeline):
+    p = pipeline(SHIPPER_MODE="core")
+    p.consumer.start()
+    wait_until(lambda: "subscribed" in p.consumer.tail(), 20, p.logs)
+    p.producer.start()
+    n = append_numbered(p.log, 1, 5_000)
+    wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 30, p.logs)
+    assert p.output() == p.log.read_bytes()
+    assert "core mode" in p.consumer.tail()
