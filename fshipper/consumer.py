@@ -101,13 +101,16 @@ class Consumer:
     async def _serve(self, js, number: int, stop: asyncio.Event) -> None:
         name = streams.consumer_name(self.settings, number)
         sub = None
+        ahead: Optional[asyncio.Future] = None  # the next batch, asked for while this one is written
         backoff = Backoff(first=0.5, cap=30.0)
         while not stop.is_set():
             try:
                 if sub is None:
                     sub = await js.pull_subscribe_bind(consumer=name, stream=self.settings.stream)
                     log.info("partition %d: consuming %s", number, name)
-                msgs = await sub.fetch(self.settings.shipper_fetch_batch, timeout=FETCH_WAIT)
+                fetching = ahead or asyncio.ensure_future(self._fetch(sub))
+                ahead = None
+                msgs = await fetching
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 self._housekeeping()
                 continue
@@ -116,10 +119,29 @@ class Consumer:
                 log.warning("partition %d: fetch failed (%s); retry in %.1fs", number, str(e) or type(e).__name__, delay)
                 await _sleep(delay, stop)
                 continue
+            ahead = asyncio.ensure_future(self._fetch(sub))
+            for _ in range(3):  # let the request leave before the loop is busy writing
+                await asyncio.sleep(0)
             delay = await self._handle(number, msgs, backoff)
             if delay:
+                await self._give_back(ahead, delay)  # never write it ahead of the batch retried
+                ahead = None
                 await _sleep(delay, stop)
             self._housekeeping()
+        if ahead is not None:
+            await self._give_back(ahead, 0)
+
+    async def _fetch(self, sub) -> List[Msg]:
+        return await sub.fetch(self.settings.shipper_fetch_batch, timeout=FETCH_WAIT)
+
+    async def _give_back(self, fetching: asyncio.Future, delay: float) -> None:
+        """Return a fetched, unwritten batch for redelivery (after `delay`)."""
+        try:
+            msgs = await fetching
+        except (asyncio.TimeoutError, nats.errors.Error, OSError):
+            return
+        for msg in msgs:
+            await _reply(msg.nak(delay=delay or None))
 
     async def _serve_core(self, number: int, stop: asyncio.Event) -> None:
         """Plain NATS, at most once (the original design): no acks, no redelivery."""
@@ -208,10 +230,10 @@ class Consumer:
         meta = msg.metadata if self.jetstream else None
         path = self.sink.path_for(host, meta.timestamp.timestamp() if meta else time.time())
         pos, more = wire.read_headers(msg.headers)
-        data = wire.unframe(msg.data, more)
+        payload, tail = msg.data, (b"" if more else b"\n")  # written as two parts: no copy
         if pos is None:  # a plain message (e.g. the original Go producer): no identity to check
-            self.sink.append(path, data)
-            return len(data)
+            self.sink.append(path, payload, tail)
+            return len(payload) + len(tail)
         verdict, skip = self.ledger.check(host, pos)
         key = f"{host} {pos.origin}"
         if verdict == DUPLICATE:
@@ -226,11 +248,12 @@ class Consumer:
             log.error("host %s: the range before %s never came within %.0fs; writing on (a gap in the output)",
                       host, pos.encode(), self.settings.shipper_gap_timeout)
         self._early_since.pop(key, None)
-        if skip:
-            data = data[skip:]
-        self.sink.append(path, data)
+        if skip:  # the start of this range was written already
+            tail = tail[max(0, skip - len(payload)):]
+            payload = memoryview(payload)[skip:]
+        self.sink.append(path, payload, tail)
         self.ledger.advance(host, pos)
-        return len(data)
+        return len(payload) + len(tail)
 
     def _refuse(self, subject: str) -> None:
         self.counters.refused += 1

@@ -78,8 +78,9 @@ class Sink:
 
     # --- writing ---------------------------------------------------------------------
 
-    def append(self, path: str, data: bytes) -> None:
-        self._pending.setdefault(path, []).append(data)
+    def append(self, path: str, *parts) -> None:
+        """Queue bytes (or memoryviews) for `path`; written in order by `write`."""
+        self._pending.setdefault(path, []).extend(p for p in parts if len(p))
 
     def write(self) -> Dict[str, int]:
         """Write what the batch collected; returns the new length of each file written.
