@@ -173,8 +173,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("SHIPPER_FILE", (P,), _absolute_path, None, "the file to follow", (P,)),
     Option("HOSTNAME", (P,), _host, None, "identity of this host (default: the OS host name)"),
     Option("SHIPPER_PARTITIONS", (P, A), _whole(0, 1000), "0", "number of partitions; 0 = all in p0"),
-    Option("SHIPPER_BATCH_BYTES", (P,), _size, "256K", "most bytes of lines in one message"),
-    Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "16", "messages published and not yet acknowledged"),
+    Option("SHIPPER_BATCH_BYTES", (P,), _size, "512K", "most bytes of lines in one message"),
+    Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "4", "messages published and not yet acknowledged"),
     Option("SHIPPER_ROTATE_WAIT", (P,), _duration, "2s",
            "after a rotation, how long the old file must be quiet before switching (when the new one is still empty)"),
     Option("SHIPPER_OUTPUT", (C,), _output, None,
@@ -184,7 +184,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("SHIPPER_KEEP_DAYS", (C,), _whole(0), "7", "delete output files older than this many days; 0 = keep all"),
     Option("SHIPPER_FSYNC", (C,), _choice("batch", "off"), "batch",
            "batch: fsync output before each acknowledgement; off: leave it to the kernel"),
-    Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "64", "messages fetched per request"),
+    Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "16", "messages fetched per request"),
     Option("SHIPPER_MAX_OPEN_FILES", (C,), _whole(1, 100000), "256", "output files kept open (least recently used closed)"),
     Option("SHIPPER_GAP_TIMEOUT", (C,), _duration, "5m",
            "how long to hold a host's lines that arrive ahead of a missing message before writing them anyway"),
@@ -251,6 +251,7 @@ class Loaded:
     settings: Settings
     sources: Dict[str, str]  # setting name -> "file:line", "environment" or "default"
     warnings: List[str]
+    texts: Dict[str, Optional[str]]  # setting name -> the value as written
 
 
 _LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
@@ -331,6 +332,7 @@ def load(
 
     values: Dict[str, object] = {}
     sources: Dict[str, str] = {}
+    texts: Dict[str, Optional[str]] = {}
     for option in OPTIONS:
         value, source = raw.get(option.name, (None, "default"))
         if value == "" and option.name in raw:
@@ -350,12 +352,13 @@ def load(
             except ValueError as e:
                 raise ConfigError(f"{source}: {option.name}={value!r}: {e}") from None
         sources[option.name] = source
+        texts[option.name] = value
 
     if bool(values["nats_certificate"]) != bool(values["nats_key"]):
         have, missing = ("NATS_CERTIFICATE", "NATS_KEY") if values["nats_certificate"] else ("NATS_KEY", "NATS_CERTIFICATE")
         raise ConfigError(f"{sources[have]}: {have} is set but {missing} is not: TLS needs both")
     if role == "producer" and values["hostname"] is None:
-        values["hostname"] = _host(socket.gethostname())
+        values["hostname"] = texts["HOSTNAME"] = _host(socket.gethostname())
         sources["HOSTNAME"] = "the OS host name"
     output = values["shipper_output"]
     if role == "consumer" and isinstance(output, str):
@@ -366,7 +369,7 @@ def load(
         elif not output.startswith("/"):
             raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
     settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
-    return Loaded(settings, sources, warnings)
+    return Loaded(settings, sources, warnings, texts)
 
 
 def require_dependencies(settings: Settings) -> None:
@@ -388,10 +391,8 @@ def describe(loaded: Loaded) -> List[str]:
     for option in OPTIONS:
         if settings.role not in option.roles:
             continue
-        value = getattr(settings, option.name.lower())
-        if isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        shown = "(unset)" if value is None else str(value)
+        value = loaded.texts[option.name]
+        shown = "(unset)" if value is None else value
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")
