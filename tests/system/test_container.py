@@ -142,7 +142,8 @@ def test_install_pulls_python3_and_enables_nothing(box, packages):
     assert box.run(["dpkg-query", "-W", "python3"], check=False).returncode != 0, \
         "the container root already has python3: the install would not show that it pulls it"
     box.run(["apt-get", "install", "-y", "-q", f"/mnt/pkg/{packages.deb.name}"], timeout=600)
-    assert box.run(["dpkg-query", "-W", "-f", "${Status}", "python3"]).stdout == "install ok installed"
+    for package in ("python3", "python3-nacl"):  # a Depends, a Recommends
+        assert box.run(["dpkg-query", "-W", "-f", "${Status}", package]).stdout == "install ok installed"
     assert packages.version in box.run(["fshipper", "--version"]).stdout
     groups = box.run(["id", "-nG", "fshipper"]).stdout.split()
     assert "adm" in groups and "fshipper" in groups
@@ -192,6 +193,11 @@ def test_reload_keeps_shipping_without_loss(box):
     for unit, pid in pids.items():
         assert active(box, unit) == "active"
         assert main_pid(box, unit) == pid, f"{unit} was restarted, not reloaded"
+    # The daemons got the SIGHUP (they log to syslog, which the journal files
+    # under their unit).
+    for unit, reloads in (("fshipper-producer.service", 2), ("fshipper-consumer.service", 1)):
+        journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+        assert journal.count("reloading the configuration") == reloads, journal[-3000:]
 
 
 def test_templated_producer_ships_a_second_file(box):
