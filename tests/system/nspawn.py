@@ -79,6 +79,22 @@ def ensure_rootfs_tarball(log: Callable[[str], None] = print) -> Path:
     return tarball
 
 
+def unpack_root(root: Path) -> None:
+    root.mkdir(parents=True)
+    subprocess.run(["tar", "--zstd", "-C", str(root), "-xf", str(ensure_rootfs_tarball())], check=True)
+
+
+def run_unbooted(root: Path, bind_ro: Path, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a shell script in the root without booting it: no systemd runs,
+    as in an image build or a chroot."""
+    return subprocess.run(
+        ["systemd-nspawn", "-q", "-D", str(root), "--register=no", "--keep-unit", "--as-pid2",
+         f"--bind-ro={bind_ro}:/mnt/pkg", *(f"--setenv={var}" for var in INSIDE_ENV),
+         "/bin/sh", "-exc", script],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -113,9 +129,7 @@ class Container:
         self.leader = 0
 
     def __enter__(self) -> "Container":
-        tarball = ensure_rootfs_tarball()
-        self.root.mkdir(parents=True)
-        subprocess.run(["tar", "--zstd", "-C", str(self.root), "-xf", str(tarball)], check=True)
+        unpack_root(self.root)
         try:
             self.boot()
         except BaseException:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pkgbuild import SKIPPED_BANNER, SUMMARY
-from nspawn import Container, wait_for
+from nspawn import Container, run_unbooted, unpack_root, wait_for
 
 LOG = "/var/log/fshipper-test.log"
 SECOND_LOG = "/var/log/fshipper-second.log"
@@ -135,6 +135,32 @@ def write(box: Container, path: str, text: str, mode: int = 0o644) -> None:
     target = box.path(path)
     target.write_text(text)
     target.chmod(mode)
+
+
+def test_install_and_purge_without_systemd_running(tmp_path_factory, packages):
+    """As in an image build: the scripts leave systemd alone (a daemon-reload
+    would fail here, and the install with it), and units the image enabled
+    are disabled again on removal."""
+    work = tmp_path_factory.mktemp("unbooted")
+    (work / "pkg").mkdir()
+    shutil.copy(packages.deb, work / "pkg")
+    unpack_root(work / "root")
+    result = run_unbooted(work / "root", work / "pkg", f"""
+        test ! -d /run/systemd/system
+        apt-get update -q
+        apt-get install -y -q /mnt/pkg/{packages.deb.name}
+        fshipper --version
+        id fshipper
+        systemctl enable fshipper-producer.service fshipper-consumer@x.service
+        apt-get purge -y -q fshipper
+        if ls /etc/systemd/system/*.wants/fshipper* 2>/dev/null; then exit 1; fi
+        test ! -e /etc/fshipper && test ! -e /var/lib/fshipper && test ! -e /usr/lib/fshipper
+        echo ALL-DONE
+    """)
+    shutil.rmtree(work / "root", ignore_errors=True)
+    assert result.returncode == 0 and "ALL-DONE" in result.stdout, \
+        f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert packages.version in result.stdout
 
 
 def test_install_pulls_python3_and_enables_nothing(box, packages):
