@@ -7,6 +7,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_rpmlint_reports_nothing_unjustified(packages, tmp_path):
 
 
 def test_one_version_everywhere(packages):
-    setup_version = out("python3", "setup.py", "--version", cwd=SOURCE).strip().splitlines()[-1]
+    setup_version = out(sys.executable, "setup.py", "--version", cwd=SOURCE).strip().splitlines()[-1]
     assert packages.version == setup_version
     assert out("dpkg-deb", "-f", str(packages.deb), "Version").strip() == setup_version
     assert out("rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", str(packages.rpm)) == f"{setup_version}-1"
