@@ -23,7 +23,8 @@ def packages(tmp_path_factory) -> Build:
 
 @pytest.fixture(scope="session")
 def newer_packages(tmp_path_factory, packages) -> Build:
-    """The same tree as a later release: version + ".1", with its changelog entry."""
+    """The same tree as a later release: version + ".1", with its changelog
+    entry and a changed sample fshipper.env."""
     base = tmp_path_factory.mktemp("newer")
     tree = base / "src"
     shutil.copytree(SOURCE, tree, ignore=shutil.ignore_patterns(
@@ -38,6 +39,9 @@ def newer_packages(tmp_path_factory, packages) -> Build:
         f" -- fshipper developers <fshipper@example.org>  Sat, 28 Nov 2026 06:00:00 +0000\n\n"
         + changelog.read_text()
     )
+    # A changed sample: with the administrator's edit, a real conffile conflict.
+    with open(tree / "etc/fshipper/fshipper.env", "a") as sample:
+        sample.write("# (changed in the newer build)\n")
     key, public = signing_key(base)
     result = build(tree, base / "dist", key, public)
     assert result.version == newer

@@ -172,9 +172,12 @@ class Container:
     def run(self, cmd: list[str], check: bool = True, timeout: float = 120,
             input: str | None = None) -> subprocess.CompletedProcess:
         """Run cmd inside the container as root, with a clean environment."""
+        # Never the caller's stdin: a question (a dpkg conffile prompt) fails
+        # at once instead of hanging.
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         result = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", "/usr/bin/env", "-i", *INSIDE_ENV, *cmd],
-            capture_output=True, text=True, timeout=timeout, input=input,
+            capture_output=True, text=True, timeout=timeout, **stdin,
         )
         if check and result.returncode != 0:
             raise AssertionError(

@@ -268,9 +268,16 @@ def test_broken_env_file_fails_the_start_with_the_reason_in_the_journal(box):
 def test_upgrade_keeps_edited_conffile_and_restarts_running_units(box, newer_packages):
     edited = box.path("/etc/fshipper/fshipper.env").read_text()
     pids = {unit: main_pid(box, unit) for unit in MAIN_UNITS}
-    box.run(["apt-get", "install", "-y", "-q", f"/mnt/pkg/{newer_packages.deb.name}"], timeout=300)
+    untouched = box.path("/etc/fshipper/producer.env").read_text()
+    # fshipper.env: edited here and changed in the package, so dpkg asks;
+    # config management answers "keep mine" as below.  producer.env: edited
+    # here only, kept without a question.
+    box.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confdef",
+             "-o", "Dpkg::Options::=--force-confold", f"/mnt/pkg/{newer_packages.deb.name}"], timeout=300)
     assert box.run(["dpkg-query", "-W", "-f", "${Version}", "fshipper"]).stdout == newer_packages.version
     assert box.path("/etc/fshipper/fshipper.env").read_text() == edited
+    assert "changed in the newer build" in box.path("/etc/fshipper/fshipper.env.dpkg-dist").read_text()
+    assert box.path("/etc/fshipper/producer.env").read_text() == untouched
     for unit, pid in pids.items():
         assert active(box, unit) == "active"
         assert main_pid(box, unit) not in (0, pid), f"{unit} was not restarted by the upgrade"
