@@ -1,0 +1,401 @@
+"""Configuration: layered env files plus the process environment, validated once.
+
+Order (later wins): <dir>/fshipper.env, <dir>/<role>.env, <dir>/<role>-<instance>.env,
+then the process environment. The result is a frozen `Settings`; the rest of the
+code never reads os.environ.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from dataclasses import dataclass, fields
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_DIR = "/etc/fshipper"
+ROLES = ("producer", "consumer", "admin")
+EX_CONFIG = 78
+EX_UNAVAILABLE = 69
+
+
+class ConfigError(Exception):
+    """An invalid setting; str() is the one-line message for the operator."""
+
+    exit_code = EX_CONFIG
+
+
+class DependencyError(Exception):
+    """A library a setting needs is missing (exit 69)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+# --- value converters: each raises ValueError with what was expected ----------
+
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("expected a non-empty value")
+    return value
+
+
+def _urls(value: str) -> Tuple[str, ...]:
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    if not urls:
+        raise ValueError("expected one or more URLs like nats://host:4222, comma separated")
+    for url in urls:
+        parts = urlsplit(url if "://" in url else "nats://" + url)
+        if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+            raise ValueError(f"{url!r} is not a NATS URL (expected nats://host:port)")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has an invalid port") from None
+    return urls
+
+
+def _subject(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+        raise ValueError("expected a NATS subject without wildcards or spaces, like 'shipper' or 'logs.prod'")
+    return value
+
+
+def _host(value: str) -> str:
+    if not re.fullmatch(r"[^\s.*>]+(\.[^\s.*>]+)*", value):
+        raise ValueError("expected a host name usable as subject tokens (no spaces, '*', '>' or empty labels)")
+    return value
+
+
+def _whole(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    def convert(value: str) -> int:
+        try:
+            number = int(value, 10)
+        except ValueError:
+            raise ValueError(f"expected a whole number >= {minimum}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"expected a whole number {bound}")
+        return number
+
+    return convert
+
+
+def _partitions(value: str) -> Tuple[int, ...]:
+    try:
+        numbers = sorted({int(p, 10) for p in value.split(",") if p.strip()})
+    except ValueError:
+        raise ValueError("expected partition numbers separated by commas, like 0,1,2") from None
+    if not numbers or numbers[0] < 0:
+        raise ValueError("expected partition numbers >= 0 separated by commas, like 0,1,2")
+    return tuple(numbers)
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("expected an absolute path")
+    if "\0" in value:
+        raise ValueError("a path cannot contain NUL")
+    return os.path.normpath(value)
+
+
+def _readable_file(value: str) -> str:
+    path = _absolute_path(value)
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    if not os.access(path, os.R_OK):
+        raise ValueError("file is not readable by this user")
+    return path
+
+
+def _output(value: str) -> str:
+    if "\0" in value or not value.strip():
+        raise ValueError("expected a file name or path pattern")
+    if "%" not in value:
+        value += "-%Y%m%d%H%M"
+    return value
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+
+
+def _duration(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", value.strip().lower())
+    if not match:
+        raise ValueError("expected a duration like 30s, 2m, 12h or 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _size(value: str) -> int:
+    if value.strip() == "-1":
+        return -1
+    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)(?:i?b)?", value.strip().lower())
+    if not match:
+        raise ValueError("expected a size like 512K, 100M or 10G, or -1 for no limit")
+    return int(match.group(1)) * _SIZES[match.group(2)]
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value.lower()
+
+    return convert
+
+
+# --- the table of settings -----------------------------------------------------
+
+P, C, A = "producer", "consumer", "admin"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    roles: Tuple[str, ...]
+    convert: Callable[[str], object]
+    default: Optional[str]
+    help: str
+    required_for: Tuple[str, ...] = ()
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("NATS_URL", (P, C, A), _urls, None, "NATS servers, comma separated", (P, C, A)),
+    Option("NATS_CREDS", (P, C, A), _readable_file, None, "NATS 2.0 credentials file (needs PyNaCl)"),
+    Option("NATS_CERTIFICATE", (P, C, A), _readable_file, None, "TLS client certificate (with NATS_KEY)"),
+    Option("NATS_KEY", (P, C, A), _readable_file, None, "TLS client private key (with NATS_CERTIFICATE)"),
+    Option("NATS_CA", (P, C, A), _readable_file, None, "CA chain to verify the servers"),
+    Option("SHIPPER_SUBJECT", (P, C, A), _subject, None, "subject prefix", (P, C, A)),
+    Option("SHIPPER_MODE", (P, C, A), _choice("jetstream", "core"), "jetstream",
+           "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
+    Option("SHIPPER_FILE", (P,), _absolute_path, None, "the file to follow", (P,)),
+    Option("HOSTNAME", (P,), _host, None, "identity of this host (default: the OS host name)"),
+    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, 1000), "0", "number of partitions; 0 = all in p0"),
+    Option("SHIPPER_BATCH_BYTES", (P,), _size, "256K", "most bytes of lines in one message"),
+    Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "16", "messages published and not yet acknowledged"),
+    Option("SHIPPER_ROTATE_WAIT", (P,), _duration, "2s",
+           "after a rotation, how long the old file must be quiet before switching (when the new one is still empty)"),
+    Option("SHIPPER_OUTPUT", (C,), _output, None,
+           "file to write, strftime pattern; '-%Y%m%d%H%M' appended when it has no '%'", (C,)),
+    Option("SHIPPER_DIRECTORY", (C,), _absolute_path, None, "write <dir>/<host>/<SHIPPER_OUTPUT>; unset = one file"),
+    Option("SHIPPER_READ_PARTITIONS", (C, A), _partitions, "0", "partitions this consumer serves, e.g. 0,1,2"),
+    Option("SHIPPER_KEEP_DAYS", (C,), _whole(0), "7", "delete output files older than this many days; 0 = keep all"),
+    Option("SHIPPER_FSYNC", (C,), _choice("batch", "off"), "batch",
+           "batch: fsync output before each acknowledgement; off: leave it to the kernel"),
+    Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "64", "messages fetched per request"),
+    Option("SHIPPER_MAX_OPEN_FILES", (C,), _whole(1, 100000), "256", "output files kept open (least recently used closed)"),
+    Option("SHIPPER_GAP_TIMEOUT", (C,), _duration, "5m",
+           "how long to hold a host's lines that arrive ahead of a missing message before writing them anyway"),
+    Option("SHIPPER_STREAM", (P, C, A), _subject, None, "stream name (default: from the subject, upper case)"),
+    Option("SHIPPER_STREAM_REPLICAS", (C, A), _whole(1, 5), "1", "stream replicas (3 on a cluster)"),
+    Option("SHIPPER_STREAM_MAX_AGE", (C, A), _duration, "7d", "drop stream messages older than this; 0 = never"),
+    Option("SHIPPER_STREAM_MAX_BYTES", (C, A), _size, "-1", "stream size limit (oldest dropped); -1 = none"),
+    Option("SHIPPER_STREAM_DUPLICATE_WINDOW", (C, A), _duration, "2m", "window for de-duplication by Nats-Msg-Id"),
+    Option("SHIPPER_STATE_DIR", (P, C), _absolute_path, "/var/lib/fshipper", "where positions are kept"),
+    Option("SHIPPER_LOG_LEVEL", (P, C, A), _choice("debug", "info", "warning", "error"), "info", "log level"),
+)
+BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    role: str
+    instance: Optional[str]
+    nats_url: Tuple[str, ...]
+    nats_creds: Optional[str]
+    nats_certificate: Optional[str]
+    nats_key: Optional[str]
+    nats_ca: Optional[str]
+    shipper_subject: str
+    shipper_mode: str
+    shipper_file: Optional[str]
+    hostname: Optional[str]
+    shipper_partitions: int
+    shipper_batch_bytes: int
+    shipper_max_inflight: int
+    shipper_rotate_wait: float
+    shipper_output: Optional[str]
+    shipper_directory: Optional[str]
+    shipper_read_partitions: Tuple[int, ...]
+    shipper_keep_days: int
+    shipper_fsync: str
+    shipper_fetch_batch: int
+    shipper_max_open_files: int
+    shipper_gap_timeout: float
+    shipper_stream: Optional[str]
+    shipper_stream_replicas: int
+    shipper_stream_max_age: float
+    shipper_stream_max_bytes: int
+    shipper_stream_duplicate_window: float
+    shipper_state_dir: str
+    shipper_log_level: str
+
+    @property
+    def stream(self) -> str:
+        return self.shipper_stream or stream_name(self.shipper_subject)
+
+    @property
+    def name(self) -> str:
+        """`producer` or `producer-<instance>`: names the pidfile and state file."""
+        return f"{self.role}-{self.instance}" if self.instance else self.role
+
+
+def stream_name(subject: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", subject).upper()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    settings: Settings
+    sources: Dict[str, str]  # setting name -> "file:line", "environment" or "default"
+    warnings: List[str]
+
+
+_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+
+
+def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
+    """Read KEY=VALUE lines (systemd EnvironmentFile subset); returns (line, key, value)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        match = _LINE.fullmatch(stripped)
+        if not match:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {stripped[:60]!r}")
+        key, value = match.group(1), match.group(2).strip()
+        if value[:1] in ("'", '"'):
+            quote = value[0]
+            if len(value) < 2 or not value.endswith(quote):
+                raise ConfigError(f"{path}:{number}: {key}: unterminated {quote} quote")
+            value = value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
+        entries.append((number, key, value))
+    return entries
+
+
+def config_files(config_dir: str, role: str, instance: Optional[str]) -> List[str]:
+    names = ["fshipper.env"]
+    file_role = "consumer" if role == "admin" else role
+    names.append(f"{file_role}.env")
+    if instance:
+        names.append(f"{file_role}-{instance}.env")
+    return [os.path.join(config_dir, n) for n in names]
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def load(
+    role: str,
+    instance: Optional[str] = None,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Loaded:
+    if role not in ROLES:
+        raise ValueError(role)
+    if instance is not None and not re.fullmatch(r"[A-Za-z0-9_.@:-]+", instance):
+        raise ConfigError(f"--instance {instance!r}: expected letters, digits and . _ - @ :")
+    environ = os.environ if environ is None else environ
+    raw: Dict[str, Tuple[str, str]] = {}  # name -> (value, source)
+    warnings: List[str] = []
+    for path in config_files(config_dir, role, instance):
+        if not os.path.exists(path):
+            continue
+        for number, key, value in parse_env_file(path):
+            where = f"{path}:{number}"
+            if key not in BY_NAME:
+                warnings.append(f"{where}: unknown setting {key}{_suggest(key)}")
+                continue
+            raw[key] = (value, where)
+    for key, value in environ.items():
+        if key in BY_NAME:
+            raw[key] = (value, "environment")
+        elif key.startswith(("SHIPPER_", "NATS_")):
+            warnings.append(f"environment: unknown setting {key}{_suggest(key)}")
+
+    values: Dict[str, object] = {}
+    sources: Dict[str, str] = {}
+    for option in OPTIONS:
+        value, source = raw.get(option.name, (None, "default"))
+        if value == "" and option.name in raw:
+            value = None  # KEY= (empty) means unset, as in a shell
+        if value is None:
+            if role in option.required_for:
+                raise ConfigError(
+                    f"{option.name} is not set: required for the {role} "
+                    f"(set it in {config_files(config_dir, role, instance)[1]})"
+                )
+            value, source = option.default, "default"
+        if value is None:
+            values[option.name.lower()] = None
+        else:
+            try:
+                values[option.name.lower()] = option.convert(value)
+            except ValueError as e:
+                raise ConfigError(f"{source}: {option.name}={value!r}: {e}") from None
+        sources[option.name] = source
+
+    if bool(values["nats_certificate"]) != bool(values["nats_key"]):
+        have, missing = ("NATS_CERTIFICATE", "NATS_KEY") if values["nats_certificate"] else ("NATS_KEY", "NATS_CERTIFICATE")
+        raise ConfigError(f"{sources[have]}: {have} is set but {missing} is not: TLS needs both")
+    if role == "producer" and values["hostname"] is None:
+        values["hostname"] = _host(socket.gethostname())
+        sources["HOSTNAME"] = "the OS host name"
+    output = values["shipper_output"]
+    if role == "consumer" and isinstance(output, str):
+        where = f"{sources['SHIPPER_OUTPUT']}: SHIPPER_OUTPUT={output!r}"
+        if values["shipper_directory"]:
+            if output.startswith("/") or ".." in output.split("/"):
+                raise ConfigError(f"{where}: with SHIPPER_DIRECTORY, expected a relative file name without '..'")
+        elif not output.startswith("/"):
+            raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
+    settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
+    return Loaded(settings, sources, warnings)
+
+
+def require_dependencies(settings: Settings) -> None:
+    """NATS_CREDS signs with ed25519 through PyNaCl; say which package brings it."""
+    if settings.nats_creds:
+        try:
+            import nacl.signing  # noqa: F401
+        except ImportError:
+            raise DependencyError(
+                "NATS_CREDS is set but PyNaCl is missing: install python3-nacl "
+                "(Debian/Ubuntu), python3-pynacl (RHEL/Fedora) or 'pip install pynacl'"
+            ) from None
+
+
+def describe(loaded: Loaded) -> List[str]:
+    """Lines for check-config: every setting of the role with its value and source."""
+    settings = loaded.settings
+    lines = []
+    for option in OPTIONS:
+        if settings.role not in option.roles:
+            continue
+        value = getattr(settings, option.name.lower())
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        shown = "(unset)" if value is None else str(value)
+        if option.name == "SHIPPER_STREAM" and value is None:
+            shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
+        lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")
+    return lines
+
+
+assert {f.name for f in fields(Settings)} == {"role", "instance"} | {o.name.lower() for o in OPTIONS}

@@ -1,0 +1,78 @@
+"""The producer's position: which file, and how far the server has acknowledged it.
+
+Saved only after the server acknowledged the data, atomically. The `origin` is a
+random name made when the state is first created; with the file number and byte
+range it forms message identities that stay the same across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Optional, Tuple
+
+from .follower import FileRef
+from .util import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class StateError(Exception):
+    pass
+
+
+class PositionStore:
+    def __init__(self, state_dir: str, name: str, min_interval: float = 0.2) -> None:
+        self.path = os.path.join(state_dir, f"{name}.position")
+        self.min_interval = min_interval
+        self.origin = ""
+        self._saved: Optional[Tuple[dict, int]] = None
+        self._pending: Optional[Tuple[FileRef, int]] = None
+        self._last_write = 0.0
+
+    def load(self) -> Optional[Tuple[FileRef, int]]:
+        """The saved (file, offset), or None on a first start; sets `origin`."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            self.origin = uuid.uuid4().hex[:16]
+            return None
+        try:
+            data = json.loads(raw)
+            self.origin = str(data["origin"])
+            if data.get("file") is None:
+                return None
+            ref, offset = FileRef.from_dict(data["file"]), int(data["offset"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"{self.path}: unreadable position ({e}); move it away to start over "
+                             "(the file is then shipped again from its beginning)") from None
+        self._saved = (ref.to_dict(), offset)
+        return ref, offset
+
+    def update(self, ref: FileRef, offset: int) -> None:
+        """Record an acknowledged position; written at most every `min_interval`."""
+        self._pending = (ref, offset)
+        if time.monotonic() - self._last_write >= self.min_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending is None:
+            if self._saved is None and not os.path.exists(self.path):
+                self._write(None, 0)  # keep the origin even before the first line
+            return
+        ref, offset = self._pending
+        self._pending = None
+        if self._saved == (ref.to_dict(), offset):
+            return
+        self._write(ref, offset)
+
+    def _write(self, ref: Optional[FileRef], offset: int) -> None:
+        data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset}
+        atomic_write(self.path, json.dumps(data, sort_keys=True).encode() + b"\n")
+        self._saved = (ref.to_dict(), offset) if ref else None
+        self._last_write = time.monotonic()

@@ -1,0 +1,204 @@
+"""fshipper-producer: follow one file, publish its lines, save what the server confirmed.
+
+The file itself is the buffer: at most `SHIPPER_MAX_INFLIGHT` messages are in
+flight, and nothing is read ahead of them, so memory stays flat however large
+the backlog. After a failure the unconfirmed messages are sent again, in order,
+with the same ids; the server drops those it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Awaitable, Callable, Deque, List, Optional
+
+import nats.errors
+import nats.js.errors
+
+from . import connection, wire
+from .config import Settings
+from .follower import Chunk, Follower
+from .offsets import PositionStore
+from .util import Backoff
+
+log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = 10.0   # a publish not confirmed by then is sent again
+STOP_GRACE = 5.0     # how long a stop waits for in-flight confirmations
+HEADER_ROOM = 1024   # headers count against the server's max_payload
+
+
+class Sent:
+    __slots__ = ("chunk", "future")
+
+    def __init__(self, chunk: Chunk, future: "asyncio.Future") -> None:
+        self.chunk = chunk
+        self.future = future
+
+
+async def _first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -> bool:
+    """Wait for `aw` (shielded), `stop` or the timeout; True if `aw` finished."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    return task.done()
+
+
+class Producer:
+    def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self.ready = ready
+        self.host = settings.hostname or ""
+        self.subject = wire.subject(settings.shipper_subject, self.host, settings.shipper_partitions)
+        self.store = PositionStore(settings.shipper_state_dir, settings.name)
+        self.follower: Optional[Follower] = None
+        self.window: Deque[Sent] = collections.deque()
+        self.backoff = Backoff(first=0.5, cap=30.0)
+        self.nc = None
+        self.max_bytes = settings.shipper_batch_bytes
+
+    async def run(self, stop: asyncio.Event) -> None:
+        resume = self.store.load()
+        self.follower = Follower(self.settings.shipper_file, self.settings.shipper_rotate_wait, resume)
+        self.follower.start(asyncio.get_running_loop())
+        self.store.flush()
+        log.info("shipping %s as %s on %s (%s mode)", self.settings.shipper_file, self.host,
+                 self.subject, self.settings.shipper_mode)
+        self.ready()
+        connecting = asyncio.ensure_future(connection.connect(
+            self.settings, pending_bytes=max(8 << 20, 2 * self.settings.shipper_max_inflight * self.max_bytes)))
+        try:
+            if not await _first(asyncio.shield(connecting), stop, None):
+                connecting.cancel()
+                return
+            self.nc = connecting.result()
+            self.max_bytes = max(4096, min(self.max_bytes, self.nc.max_payload - HEADER_ROOM))
+            if self.settings.shipper_mode == "core":
+                await self._ship_core(stop)
+            else:
+                await self._ship_jetstream(stop)
+        finally:
+            self.store.flush()
+            self.follower.close()
+            await connection.close(self.nc)
+
+    # --- JetStream: confirmed, exactly once with the consumer's help ------------------
+
+    async def _ship_jetstream(self, stop: asyncio.Event) -> None:
+        js = self.nc.jetstream(publish_async_max_pending=self.settings.shipper_max_inflight + 1)
+        while not stop.is_set():
+            try:
+                await self._fill(js)
+            except (nats.errors.Error, OSError) as e:
+                await self._recover(js, stop, e)
+                continue
+            if not self.window:
+                self.store.flush()
+                await _first(self.follower.wait(), stop, None)
+                continue
+            head = self.window[0]
+            if not await _first(asyncio.shield(head.future), stop, ACK_TIMEOUT):
+                if stop.is_set():
+                    break
+                await self._recover(js, stop, asyncio.TimeoutError("no confirmation within %.0fs" % ACK_TIMEOUT))
+                continue
+            error = head.future.exception()
+            if error is not None:
+                await self._recover(js, stop, error)
+                continue
+            self._confirm()
+        await self._settle()
+
+    async def _fill(self, js) -> None:
+        while len(self.window) < self.settings.shipper_max_inflight:
+            chunk = self.follower.read(self.max_bytes)
+            if chunk is None:
+                return
+            future = await self._publish(js, chunk)
+            self.window.append(Sent(chunk, future))
+
+    async def _publish(self, js, chunk: Chunk) -> "asyncio.Future":
+        hdrs = wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
+        return await js.publish_async(self.subject, chunk.payload, headers=hdrs)
+
+    def _confirm(self) -> None:
+        """Pop every confirmed message at the head; record the position reached."""
+        confirmed = None
+        while self.window and self.window[0].future.done() and self.window[0].future.exception() is None:
+            confirmed = self.window.popleft().chunk
+        if confirmed is not None:
+            self.backoff.reset()
+            self.store.update(confirmed.ref, confirmed.end)
+
+    async def _recover(self, js, stop: asyncio.Event, error: BaseException) -> None:
+        """Send every unconfirmed message again, in order, after a back-off."""
+        self._confirm()
+        for sent in self.window:
+            if not sent.future.done():
+                sent.future.cancel()
+        delay = self.backoff.next_delay()
+        if isinstance(error, nats.js.errors.NoStreamResponseError):
+            log.warning("no stream captures %s.> yet (run 'fshipper setup' or start a consumer); "
+                        "waiting, retry in %.1fs", self.settings.shipper_subject, delay)
+        else:
+            log.warning("publish not confirmed (%s); %d message(s) will be sent again in %.1fs",
+                        str(error) or type(error).__name__, len(self.window), delay)
+        await _first(asyncio.sleep(delay), stop, None)
+        if stop.is_set():
+            return
+        try:
+            for sent in self.window:
+                sent.future = await self._publish(js, sent.chunk)
+        except (nats.errors.Error, OSError) as e:
+            log.debug("re-publish failed: %s", e)
+            for sent in self.window:
+                if not sent.future.done():
+                    sent.future.cancel()
+
+    async def _settle(self) -> None:
+        """On stop: wait a little for confirmations; the rest is sent again next start."""
+        deadline = time.monotonic() + STOP_GRACE
+        while self.window and time.monotonic() < deadline:
+            head = self.window[0]
+            try:
+                await asyncio.wait_for(asyncio.shield(head.future), deadline - time.monotonic())
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                break
+            self._confirm()
+        for sent in self.window:
+            if not sent.future.done():
+                sent.future.cancel()
+        if self.window:
+            log.info("stopping with %d unconfirmed message(s); they are sent again at the next start",
+                     len(self.window))
+
+    # --- core NATS: at most once, as the original design ------------------------------
+
+    async def _ship_core(self, stop: asyncio.Event) -> None:
+        pending: List[Chunk] = []
+        while not stop.is_set():
+            chunk = self.follower.read(self.max_bytes)
+            if chunk is not None:
+                try:
+                    hdrs = wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
+                    await self.nc.publish(self.subject, chunk.payload, headers=hdrs)
+                except (nats.errors.Error, OSError) as e:
+                    log.warning("core publish failed (%s); lines of that message are lost", e)
+                pending.append(chunk)
+                if len(pending) < self.settings.shipper_max_inflight:
+                    continue
+            if pending:
+                try:
+                    await self.nc.flush(timeout=ACK_TIMEOUT)
+                except (nats.errors.Error, asyncio.TimeoutError) as e:
+                    log.warning("flush failed: %s", e)
+                self.store.update(pending[-1].ref, pending[-1].end)
+                pending.clear()
+            if chunk is None:
+                self.store.flush()
+                await _first(self.follower.wait(), stop, None)

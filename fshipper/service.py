@@ -1,0 +1,65 @@
+"""Runs one role in the asyncio loop: signals set events, the loop acts on them.
+
+SIGTERM/SIGINT stop gracefully. SIGHUP re-reads the configuration; if it is
+valid the worker is stopped gracefully (position saved, files closed) and a new
+one starts with it, so no line is lost or written twice; if not, the error is
+logged and the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable
+
+from . import config
+from .config import ConfigError, DependencyError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def _worker(settings: Settings, ready: Callable[[], None]):
+    if settings.role == "producer":
+        from .producer import Producer
+        return Producer(settings, ready)
+    from .consumer import Consumer
+    return Consumer(settings, ready)
+
+
+async def serve(settings: Settings, config_dir: str, ready: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    stop, reload = asyncio.Event(), asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    while True:
+        worker_stop = asyncio.Event()
+        task = asyncio.ensure_future(_worker(settings, ready).run(worker_stop))
+        while True:
+            waiters = {task, asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters - {task}:
+                waiter.cancel()
+            if task.done():
+                task.result()  # raises what the worker raised
+                return
+            if stop.is_set():
+                log.info("stopping (signal)")
+                worker_stop.set()
+                await task
+                return
+            reload.clear()
+            try:
+                loaded = config.load(settings.role, settings.instance, config_dir)
+                config.require_dependencies(loaded.settings)
+            except (ConfigError, DependencyError) as e:
+                log.error("reload refused, keeping the running configuration: %s", e)
+                continue
+            for warning in loaded.warnings:
+                log.warning("%s", warning)
+            log.info("reloading the configuration")
+            worker_stop.set()
+            await task
+            settings = loaded.settings
+            break

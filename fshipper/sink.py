@@ -1,0 +1,183 @@
+"""The consumer's output files: naming, safety, bounded open files, commit and roll back.
+
+Writes are collected per file during a batch and written by `write` (writev,
+then fsync if asked). If anything fails, `rollback` cuts every file the batch
+touched back to its last committed length, so a retried batch never leaves a
+half-written line or a repeated one behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import logging
+import os
+import re
+import time
+from typing import Dict, List, Optional
+
+log = logging.getLogger(__name__)
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
+_SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+IOV_MAX = 1024
+
+
+def safe_host(host: str) -> bool:
+    """A plain DNS-like label sequence: nothing that could leave the directory."""
+    return len(host) <= 253 and _SAFE_HOST.fullmatch(host) is not None
+
+
+def period_start(timestamp: float) -> float:
+    """Local midnight at or before `timestamp`: output files rotate daily."""
+    t = time.localtime(timestamp)
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def pattern_glob(pattern: str) -> str:
+    """A glob matching every name `pattern` can format to (for expiry)."""
+    return re.sub(r"%.", "*", pattern.replace("%%", "%"))
+
+
+class Sink:
+    def __init__(self, output: str, directory: Optional[str], max_open: int,
+                 fsync: bool, keep_days: int) -> None:
+        self.output = output
+        self.directory = directory
+        self.max_open = max_open
+        self.fsync = fsync
+        self.keep_days = keep_days
+        self.lengths: Dict[str, int] = {}   # path -> length known to be complete
+        self._fds: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+        self._pending: Dict[str, List[bytes]] = {}
+        self._touched: set = set()
+        self._names: Dict[float, str] = {}
+
+    # --- naming ----------------------------------------------------------------------
+
+    def path_for(self, host: str, timestamp: float) -> str:
+        start = period_start(timestamp)
+        name = self._names.get(start)
+        if name is None:
+            name = time.strftime(self.output, time.localtime(start))
+            if len(self._names) > 8:
+                self._names.clear()
+            self._names[start] = name
+        if self.directory is None:
+            return name
+        return os.path.join(self.directory, host, name)
+
+    # --- writing ---------------------------------------------------------------------
+
+    def append(self, path: str, data: bytes) -> None:
+        self._pending.setdefault(path, []).append(data)
+
+    def write(self) -> Dict[str, int]:
+        """Write what the batch collected; returns the new length of each file written.
+
+        The lengths count as complete only after `confirm` (once they are recorded).
+        """
+        written = {}
+        for path, parts in self._pending.items():
+            self._touched.add(path)
+            fd = self._open(path)
+            for i in range(0, len(parts), IOV_MAX):
+                group = parts[i:i + IOV_MAX]
+                done = os.writev(fd, group)
+                if done != sum(map(len, group)):  # short write: finish the rest
+                    rest = b"".join(group)[done:]
+                    while rest:
+                        rest = rest[os.write(fd, rest):]
+            if self.fsync:
+                os.fsync(fd)  # before the next open can evict this descriptor
+            written[path] = os.fstat(fd).st_size
+        self._pending.clear()
+        return written
+
+    def confirm(self, lengths: Dict[str, int]) -> None:
+        self.lengths.update(lengths)
+        self._touched.clear()
+
+    def rollback(self) -> None:
+        """Undo a failed batch: drop what it collected, cut files back."""
+        self._pending.clear()
+        for path in self._touched:
+            if path in self.lengths:  # else it was never opened: nothing written
+                self._cut(path, self.lengths[path])
+        self._touched.clear()
+
+    def restore(self, lengths: Dict[str, int]) -> None:
+        """At start: files longer than recorded hold unacknowledged data; cut it."""
+        for path, length in lengths.items():
+            self._cut(path, length)
+            self.lengths[path] = length
+
+    def _cut(self, path: str, length: int) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            size = os.stat(path).st_size
+            if size > length:
+                log.info("%s: cutting %d unacknowledged byte(s) (length %d, recorded %d)",
+                         path, size - length, size, length)
+                os.truncate(path, length)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("%s: cannot cut back to %d bytes: %s", path, length, e)
+
+    def _open(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        while len(self._fds) >= self.max_open:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)  # committed data was fsynced (or left to the kernel) already
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._fds[path] = fd
+        if path not in self.lengths:
+            self.lengths[path] = os.fstat(fd).st_size
+        return fd
+
+    def open_count(self) -> int:
+        return len(self._fds)
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+    # --- expiry ----------------------------------------------------------------------
+
+    def expire(self, now: float) -> List[str]:
+        """Delete output files whose period ended more than SHIPPER_KEEP_DAYS ago."""
+        if self.keep_days <= 0:
+            return []
+        limit = period_start(now) - self.keep_days * 86400
+        if self.directory is None:
+            candidates = glob.glob(pattern_glob(self.output))
+        else:
+            candidates = glob.glob(os.path.join(glob.escape(self.directory), "*", pattern_glob(self.output)))
+        removed = []
+        for path in candidates:
+            try:
+                if os.path.getmtime(path) >= limit:
+                    continue
+                self._cut_from_cache(path)
+                os.unlink(path)
+                removed.append(path)
+            except OSError as e:
+                log.warning("%s: cannot remove old output: %s", path, e)
+        for path in removed:
+            log.info("removed %s (older than %d days)", path, self.keep_days)
+        return removed
+
+    def _cut_from_cache(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+        self.lengths.pop(path, None)

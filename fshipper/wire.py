@@ -1,0 +1,126 @@
+"""The wire format, shared by producer and consumer: this module is the contract.
+
+- Subject: <prefix>.p<N>.<host>, N = FNV-1a 32-bit of the host bytes mod partitions.
+- Payload: complete lines joined by b"\\n" without the final newline, bytes as in
+  the file. A consumer writes payload + b"\\n". A message from the original Go
+  producer (one line, no headers) is valid input.
+- Headers (all optional for a reader):
+  Nats-Msg-Id    <host>:<origin>:<gen>:<start>:<end>, stable across restarts, so
+                 JetStream drops a re-publish inside its duplicate window.
+  Fshipper-Pos   "<origin> <gen> <start> <end> <prev_gen> <prev_end>": the byte
+                 range [start, end) of file number <gen> of the producer <origin>,
+                 and the position the producer sent before this file ("- -" if
+                 none). The consumer uses it to write each range exactly once.
+  Fshipper-Part  "more": the payload is part of a line that continues in the next
+                 message (a line longer than one message); no newline after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_POS = "Fshipper-Pos"
+HDR_PART = "Fshipper-Part"
+PART_MORE = "more"
+
+
+def fnv1a32(data: bytes) -> int:
+    h = FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def partition(host: str, partitions: int) -> int:
+    if partitions <= 0:
+        return 0
+    return fnv1a32(host.encode("utf-8", "surrogateescape")) % partitions
+
+
+def subject(prefix: str, host: str, partitions: int) -> str:
+    return f"{prefix}.p{partition(host, partitions)}.{host}"
+
+
+def partition_filter(prefix: str, number: int) -> str:
+    return f"{prefix}.p{number}.>"
+
+
+def parse_subject(prefix: str, subject_: str) -> Optional[Tuple[int, str]]:
+    """(partition, host) of a message subject, or None if it is not ours."""
+    head = prefix + ".p"
+    if not subject_.startswith(head):
+        return None
+    number, dot, host = subject_[len(head):].partition(".")
+    if not dot or not number.isdigit() or not host:
+        return None
+    return int(number), host
+
+
+@dataclass(frozen=True)
+class Position:
+    origin: str
+    gen: int
+    start: int
+    end: int
+    prev_gen: Optional[int] = None
+    prev_end: Optional[int] = None
+
+    def encode(self) -> str:
+        prev = "- -" if self.prev_gen is None else f"{self.prev_gen} {self.prev_end}"
+        return f"{self.origin} {self.gen} {self.start} {self.end} {prev}"
+
+    @classmethod
+    def decode(cls, text: str) -> Optional["Position"]:
+        parts = text.split()
+        if len(parts) != 6:
+            return None
+        try:
+            gen, start, end = int(parts[1]), int(parts[2]), int(parts[3])
+            prev_gen = None if parts[4] == "-" else int(parts[4])
+            prev_end = None if parts[5] == "-" else int(parts[5])
+        except ValueError:
+            return None
+        if not (0 <= start < end) or gen < 0:
+            return None
+        return cls(parts[0], gen, start, end, prev_gen, prev_end)
+
+
+def headers(host: str, pos: Position, more: bool) -> dict:
+    hdrs = {
+        HDR_MSG_ID: f"{host}:{pos.origin}:{pos.gen}:{pos.start}:{pos.end}",
+        HDR_POS: pos.encode(),
+    }
+    if more:
+        hdrs[HDR_PART] = PART_MORE
+    return hdrs
+
+
+def read_headers(hdrs: Optional[Mapping[str, str]]) -> Tuple[Optional[Position], bool]:
+    """(position, more) from a message's headers; (None, False) for a plain message."""
+    if not hdrs:
+        return None, False
+    text = hdrs.get(HDR_POS)
+    pos = Position.decode(text) if text else None
+    return pos, hdrs.get(HDR_PART) == PART_MORE
+
+
+def frame(chunk: bytes, line_complete: bool) -> Tuple[bytes, bool]:
+    """Payload and `more` flag for file bytes `chunk`.
+
+    A chunk ending in a newline drops that newline (the consumer adds it back).
+    A chunk that is not a whole line (`line_complete` False) is sent as is with
+    `more`; a final line without newline (file rotated away) is sent as a line.
+    """
+    if chunk.endswith(b"\n"):
+        return chunk[:-1], False
+    return chunk, not line_complete
+
+
+def unframe(payload: bytes, more: bool) -> bytes:
+    """The bytes a consumer appends to its file for one message."""
+    return payload if more else payload + b"\n"
