@@ -66,47 +66,47 @@ def render(results: Results, args: argparse.Namespace, machine: Dict[str, str],
            "ratios are taken run by run.", "", "## Targets", "", targets(results)]
 
     burst = _keys(results, "burst-")
-    out += ["", "## 1. Burst drain", "",
-            "Lines appended at once to a followed file, until the last byte is in "
-            "the per-host output (verified byte for byte).", "",
-            table(["line size", "system", "lines/s", "MB/s", "seconds"],
-                  metric_rows(results, burst, systems, lambda k: f"{k[6:]} B",
-                              ["lines_per_s", "mb_per_s", "seconds"],
-                              ratio_of=["lines_per_s", "mb_per_s"]))]
-
     lat = _keys(results, "latency-")
-    out += ["", "## 2. Latency", "",
-            "From the write() of a line to its appearance in the output file, in ms.", "",
-            table(["lines/s", "system", "p50", "p99", "max"],
-                  metric_rows(results, lat, systems, lambda k: k[8:],
-                              ["p50_ms", "p99_ms", "max_ms"], ratio_of=["p99_ms"]))]
-
     mem = _keys(results, "backlog-")
-    out += ["", "## 3. Memory", "",
-            "Peak RSS (VmHWM, MB) while draining a backlog that is in the file "
-            "before the daemons start; drain rate includes start-up.", "",
-            table(["backlog", "system"] + ROLE_HEADS + ["lines/s"],
-                  metric_rows(results, mem, systems, lambda k: f"{k[8:]} MB",
-                              [f"rss_{r}" for r in ROLES] + ["lines_per_s"],
-                              ratio_of=["rss_producer", "rss_consumer"]))]
-
-    out += ["", "## 4. CPU", "",
-            "CPU seconds (user + system) per million lines, during the burst drains.", "",
-            table(["line size", "system"] + ROLE_HEADS,
-                  metric_rows(results, burst, systems, lambda k: f"{k[6:]} B",
-                              [f"cpu_{r}" for r in ROLES],
-                              ratio_of=["cpu_producer", "cpu_consumer"]))]
-
     fan = _keys(results, "fanin-")
-    out += ["", "## 5. Fan-in", "",
-            f"{args.fanin_lines:,} lines of 100 B from simulated publishers, hosts "
-            f"taking turns with {args.fanin_batch} lines each, into one "
-            "consumer; open fds = most seen in the consumer.", "",
-            table(["hosts", "system", "lines/s", "consumer open fds",
-                   "consumer CPU s / M lines"],
-                  metric_rows(results, fan, systems, lambda k: k[6:],
-                              ["lines_per_s", "fds_consumer", "cpu_consumer"],
-                              ratio_of=["lines_per_s"]))]
+    roles = [f"cpu_{r}" for r in ROLES]
+    sections = [
+        (burst, "1. Burst drain",
+         "Lines appended at once to a followed file, until the last byte is in "
+         "the per-host output (verified byte for byte).",
+         ["line size", "system", "lines/s", "MB/s", "seconds"],
+         metric_rows(results, burst, systems, lambda k: f"{k[6:]} B",
+                     ["lines_per_s", "mb_per_s", "seconds"],
+                     ratio_of=["lines_per_s", "mb_per_s"])),
+        (lat, "2. Latency",
+         "From the write() of a line to its appearance in the output file, in ms.",
+         ["lines/s", "system", "p50", "p99", "max"],
+         metric_rows(results, lat, systems, lambda k: k[8:],
+                     ["p50_ms", "p99_ms", "max_ms"], ratio_of=["p99_ms"])),
+        (mem, "3. Memory",
+         "Peak RSS (VmHWM, MB) while draining a backlog that is in the file "
+         "before the daemons start; drain rate includes start-up.",
+         ["backlog", "system"] + ROLE_HEADS + ["lines/s"],
+         metric_rows(results, mem, systems, lambda k: f"{k[8:]} MB",
+                     [f"rss_{r}" for r in ROLES] + ["lines_per_s"],
+                     ratio_of=["rss_producer", "rss_consumer"])),
+        (burst, "4. CPU",
+         "CPU seconds (user + system) per million lines, during the burst drains.",
+         ["line size", "system"] + ROLE_HEADS,
+         metric_rows(results, burst, systems, lambda k: f"{k[6:]} B", roles,
+                     ratio_of=roles[:2])),
+        (fan, "5. Fan-in",
+         f"{args.fanin_lines:,} lines of 100 B from simulated publishers, hosts "
+         f"taking turns with {args.fanin_batch} lines each, into one "
+         "consumer; open fds = most seen in the consumer.",
+         ["hosts", "system", "lines/s", "consumer open fds", "consumer CPU s / M lines"],
+         metric_rows(results, fan, systems, lambda k: k[6:],
+                     ["lines_per_s", "fds_consumer", "cpu_consumer"],
+                     ratio_of=["lines_per_s"])),
+    ]
+    for keys, title, intro, header, rows in sections:
+        if keys:
+            out += ["", f"## {title}", "", intro, "", table(header, rows)]
 
     out += ["", "Roles: " + "; ".join(
         f"{s}: " + ", ".join(f"{r} = {NAMES[s].get(r, 'none')}" for r in ROLES)
