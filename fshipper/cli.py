@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -69,6 +70,7 @@ def daemon_main(role: str, argv: Optional[List[str]] = None) -> None:
     from . import daemon
     from .service import serve
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: a reload, never a death
     args = _daemon_parser(role).parse_args(argv)
     program = f"fshipper-{role}"
     settings = _load(role, args, program).settings

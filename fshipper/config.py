@@ -251,6 +251,7 @@ class Loaded:
     settings: Settings
     sources: Dict[str, str]  # setting name -> "file:line", "environment" or "default"
     warnings: List[str]
+    texts: Dict[str, Optional[str]]  # setting name -> the value as written
 
 
 _LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
@@ -331,6 +332,7 @@ def load(
 
     values: Dict[str, object] = {}
     sources: Dict[str, str] = {}
+    texts: Dict[str, Optional[str]] = {}
     for option in OPTIONS:
         value, source = raw.get(option.name, (None, "default"))
         if value == "" and option.name in raw:
@@ -350,12 +352,13 @@ def load(
             except ValueError as e:
                 raise ConfigError(f"{source}: {option.name}={value!r}: {e}") from None
         sources[option.name] = source
+        texts[option.name] = value
 
     if bool(values["nats_certificate"]) != bool(values["nats_key"]):
         have, missing = ("NATS_CERTIFICATE", "NATS_KEY") if values["nats_certificate"] else ("NATS_KEY", "NATS_CERTIFICATE")
         raise ConfigError(f"{sources[have]}: {have} is set but {missing} is not: TLS needs both")
     if role == "producer" and values["hostname"] is None:
-        values["hostname"] = _host(socket.gethostname())
+        values["hostname"] = texts["HOSTNAME"] = _host(socket.gethostname())
         sources["HOSTNAME"] = "the OS host name"
     output = values["shipper_output"]
     if role == "consumer" and isinstance(output, str):
@@ -366,7 +369,7 @@ def load(
         elif not output.startswith("/"):
             raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
     settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
-    return Loaded(settings, sources, warnings)
+    return Loaded(settings, sources, warnings, texts)
 
 
 def require_dependencies(settings: Settings) -> None:
@@ -388,10 +391,8 @@ def describe(loaded: Loaded) -> List[str]:
     for option in OPTIONS:
         if settings.role not in option.roles:
             continue
-        value = getattr(settings, option.name.lower())
-        if isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        shown = "(unset)" if value is None else str(value)
+        value = loaded.texts[option.name]
+        shown = "(unset)" if value is None else value
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")

@@ -1,0 +1,71 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Daemon, NatsServer, write_env  # noqa: E402
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer(tmp_path / "jetstream").start()
+    yield server
+    server.stop()
+
+
+class Pipeline:
+    """A config dir, a followed file, an output dir and the two daemons."""
+
+    def __init__(self, root: Path, url: str, host: str = "web1.example.net", **extra) -> None:
+        self.root = root
+        self.config = root / "etc"
+        self.log = root / "var" / "app.log"
+        self.out = root / "out"
+        self.state = root / "state"
+        self.host = host
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        common = {"NATS_URL": url, "SHIPPER_SUBJECT": "shipper", "SHIPPER_STATE_DIR": self.state}
+        common.update({k: v for k, v in extra.items() if k.startswith("NATS_") or k in (
+            "SHIPPER_SUBJECT", "SHIPPER_MODE", "SHIPPER_STREAM", "SHIPPER_STREAM_REPLICAS",
+            "SHIPPER_STREAM_DUPLICATE_WINDOW", "SHIPPER_PARTITIONS", "SHIPPER_LOG_LEVEL")})
+        write_env(self.config / "fshipper.env", common)
+        producer = {"SHIPPER_FILE": self.log, "HOSTNAME": host, "SHIPPER_ROTATE_WAIT": "1s"}
+        consumer = {"SHIPPER_OUTPUT": "app.log.%Y%m%d", "SHIPPER_DIRECTORY": self.out}
+        for key, value in extra.items():
+            if key not in common:
+                (producer if key in ("SHIPPER_FILE", "HOSTNAME", "SHIPPER_BATCH_BYTES", "SHIPPER_MAX_INFLIGHT",
+                                     "SHIPPER_ROTATE_WAIT") else consumer)[key] = value
+        write_env(self.config / "producer.env", producer)
+        write_env(self.config / "consumer.env", consumer)
+        self.producer = Daemon("producer", self.config, root / "producer.log")
+        self.consumer = Daemon("consumer", self.config, root / "consumer.log")
+
+    def output_files(self, host: str = None):
+        return sorted((self.out / (host or self.host)).glob("app.log.*"))
+
+    def output(self, host: str = None) -> bytes:
+        return b"".join(p.read_bytes() for p in self.output_files(host))
+
+    def logs(self) -> str:
+        return f"--- producer\n{self.producer.tail()}\n--- consumer\n{self.consumer.tail()}"
+
+    def stop(self) -> None:
+        for daemon in (self.producer, self.consumer):
+            if daemon.running():
+                daemon.stop(kill=True)
+
+
+@pytest.fixture
+def pipeline(tmp_path, nats_server):
+    made = []
+
+    def make(**extra) -> Pipeline:
+        p = Pipeline(tmp_path, nats_server.url, **extra)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()

@@ -1,0 +1,219 @@
+"""The command lines as an operator or a config-management tool meets them."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import BIN, wait_until, write_env
+
+
+def run(*args, env=None, timeout=30):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "NATS_")) and k != "HOSTNAME"}
+    clean.update(env or {})
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                          env=clean, timeout=timeout)
+
+
+@pytest.fixture
+def confdir(tmp_path):
+    write_env(tmp_path / "etc" / "fshipper.env", {
+        "NATS_URL": "nats://127.0.0.1:4222", "SHIPPER_SUBJECT": "shipper",
+        "SHIPPER_STATE_DIR": tmp_path / "state"})
+    write_env(tmp_path / "etc" / "producer.env", {"SHIPPER_FILE": tmp_path / "app.log"})
+    write_env(tmp_path / "etc" / "consumer.env", {
+        "SHIPPER_OUTPUT": "out.%Y%m%d", "SHIPPER_DIRECTORY": tmp_path / "out"})
+    return tmp_path / "etc"
+
+
+def check(confdir, role, **env):
+    return run("fshipper", "check-config", "--role", role, "--config-dir", str(confdir), env=env)
+
+
+def test_check_config_prints_each_setting_with_its_source(confdir):
+    result = check(confdir, "producer", SHIPPER_PARTITIONS="8")
+    assert result.returncode == 0, result.stderr
+    assert f"NATS_URL=nats://127.0.0.1:4222  # {confdir}/fshipper.env:1" in result.stdout
+    assert "SHIPPER_PARTITIONS=8  # environment" in result.stdout
+    assert "SHIPPER_MODE=jetstream  # default" in result.stdout
+    assert "SHIPPER_OUTPUT" not in result.stdout  # a consumer setting
+
+
+@pytest.mark.parametrize("role, file, key", [
+    ("producer", "fshipper.env", "NATS_URL"),
+    ("producer", "fshipper.env", "SHIPPER_SUBJECT"),
+    ("producer", "producer.env", "SHIPPER_FILE"),
+    ("consumer", "consumer.env", "SHIPPER_OUTPUT"),
+])
+def test_each_required_setting_missing_gives_78_naming_it(confdir, role, file, key):
+    path = confdir / file
+    path.write_text("".join(l + "\n" for l in path.read_text().splitlines() if not l.startswith(key + "=")))
+    result = check(confdir, role)
+    assert result.returncode == 78
+    assert key in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("role, key, value, expected", [
+    ("producer", "SHIPPER_PARTITIONS", "eight", "whole number"),
+    ("producer", "SHIPPER_PARTITIONS", "-1", "whole number"),
+    ("consumer", "SHIPPER_READ_PARTITIONS", "0,x", "partition numbers"),
+    ("producer", "SHIPPER_FILE", "relative/app.log", "absolute path"),
+    ("consumer", "SHIPPER_DIRECTORY", "out", "absolute path"),
+    ("consumer", "SHIPPER_OUTPUT", "../escape.%Y", "without '..'"),
+    ("producer", "NATS_URL", "http://example.net", "not a NATS URL"),
+    ("producer", "NATS_URL", "nats://host:99999", "invalid port"),
+    ("producer", "NATS_URL", ",", "one or more URLs"),
+    ("producer", "SHIPPER_SUBJECT", "logs.*", "without wildcards"),
+    ("producer", "SHIPPER_MODE", "fast", "one of jetstream, core"),
+    ("producer", "NATS_CA", "/nonexistent/ca.pem", "no such file"),
+    ("consumer", "SHIPPER_STREAM_MAX_AGE", "a week", "duration"),
+    ("producer", "HOSTNAME", "bad host", "host name"),
+])
+def test_malformed_values_give_78_with_file_line_key_and_reason(confdir, role, key, value, expected):
+    file = confdir / f"{role}.env"
+    file.write_text(file.read_text() + f"{key}={value}\n")
+    line = len(file.read_text().splitlines())
+    result = check(confdir, role)
+    assert result.returncode == 78, result.stdout
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert f"{file}:{line}" in message and key in message and expected in message, message
+
+
+def test_a_malformed_line_gives_78_naming_file_and_line(confdir):
+    (confdir / "producer.env").write_text("SHIPPER_FILE=/var/log/app.log\nthis is not a setting\n")
+    result = check(confdir, "producer")
+    assert result.returncode == 78
+    assert f"{confdir}/producer.env:2" in result.stderr and "KEY=VALUE" in result.stderr
+
+
+def test_certificate_without_key_is_refused(confdir, tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    result = check(confdir, "producer", NATS_CERTIFICATE=str(cert))
+    assert result.returncode == 78 and "NATS_KEY" in result.stderr
+
+
+def test_unknown_key_warns_with_the_nearest_name(confdir):
+    (confdir / "consumer.env").write_text((confdir / "consumer.env").read_text() + "SHIPPER_DIRECTROY=/tmp\n")
+    result = check(confdir, "consumer")
+    assert result.returncode == 0
+    assert "unknown setting SHIPPER_DIRECTROY (did you mean SHIPPER_DIRECTORY?)" in result.stderr
+
+
+def test_quotes_export_and_comments_are_read_like_systemd(confdir):
+    (confdir / "producer.env").write_text(
+        '# comment\n\nexport SHIPPER_FILE="/var/log/my app.log"\nHOSTNAME=\'web1\'\n')
+    result = check(confdir, "producer")
+    assert result.returncode == 0, result.stderr
+    assert "SHIPPER_FILE=/var/log/my app.log" in result.stdout and "HOSTNAME=web1  #" in result.stdout
+
+
+def test_instance_file_overrides_role_file(confdir):
+    write_env(confdir / "producer-second.env", {"SHIPPER_FILE": "/var/log/second.log"})
+    result = run("fshipper", "check-config", "--role", "producer", "--instance", "second",
+                 "--config-dir", str(confdir))
+    assert result.returncode == 0, result.stderr
+    assert f"SHIPPER_FILE=/var/log/second.log  # {confdir}/producer-second.env:1" in result.stdout
+
+
+def test_creds_without_pynacl_exits_69_naming_the_package(confdir, tmp_path):
+    creds = tmp_path / "nats.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "nacl").mkdir()
+    (blocker / "nacl" / "__init__.py").write_text("raise ImportError('blocked for this test')\n")
+    result = run("fshipper-producer", "--foreground", "--config-dir", str(confdir),
+                 env={"NATS_CREDS": str(creds), "PYTHONPATH": str(blocker)})
+    assert result.returncode == 69, result.stderr
+    assert "python3-nacl" in result.stderr
+
+
+def test_version_flags():
+    for program in ("fshipper", "fshipper-producer", "fshipper-consumer"):
+        result = run(program, "--version")
+        assert result.returncode == 0 and result.stdout.strip().endswith("0.1.0"), result
+    assert run("fshipper", "version").stdout.strip() == "fshipper 0.1.0"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_daemon_mode_returns_once_ready_and_stops_on_sigterm(confdir, tmp_path, nats_server):
+    (tmp_path / "app.log").write_text("a line\n")
+    pidfile = tmp_path / "run" / "producer.pid"
+    started = time.monotonic()
+    result = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile),
+                 "--log-file", str(tmp_path / "producer.log"), env={"NATS_URL": nats_server.url})
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    pid = int(pidfile.read_text())
+    assert _alive(pid)
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ppid, sid = int(fields[1]), int(fields[3])
+    assert sid != os.getsid(0), "the daemon must be in a session of its own"
+    assert ppid != os.getpid()
+    assert pid != sid, "double fork: the daemon is not a session leader"
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not _alive(pid), 15, "the daemon to stop")
+    assert not pidfile.exists()
+    assert "stopped" in (tmp_path / "producer.log").read_text()
+
+
+def test_daemon_mode_with_bad_config_returns_78_naming_the_setting(confdir, tmp_path):
+    (confdir / "fshipper.env").write_text("SHIPPER_SUBJECT=shipper\n")
+    pidfile = tmp_path / "producer.pid"
+    result = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile))
+    assert result.returncode == 78
+    assert "NATS_URL" in result.stderr
+    assert not pidfile.exists()
+
+
+def test_daemon_failing_before_ready_reports_the_reason(confdir, tmp_path):
+    pidfile = tmp_path / "not-a-dir"
+    pidfile.write_text("")
+    result = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile / "p.pid"))
+    assert result.returncode != 0
+    assert "pidfile" in result.stderr
+
+
+def test_second_daemon_with_the_same_pidfile_is_refused(confdir, tmp_path, nats_server):
+    (tmp_path / "app.log").write_text("")
+    pidfile = tmp_path / "producer.pid"
+    env = {"NATS_URL": nats_server.url}
+    first = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile), env=env)
+    assert first.returncode == 0, first.stderr
+    pid = int(pidfile.read_text())
+    try:
+        second = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile), env=env)
+        assert second.returncode != 0 and f"already running as pid {pid}" in second.stderr
+        assert int(pidfile.read_text()) == pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not _alive(pid), 15, "the daemon to stop")
+
+
+def test_setup_is_idempotent(confdir, nats_server):
+    env = {"NATS_URL": nats_server.url, "SHIPPER_PARTITIONS": "3"}
+    first = run("fshipper", "setup", "--config-dir", str(confdir), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "stream SHIPPER: created" in first.stdout
+    assert [l for l in first.stdout.splitlines() if l.startswith("consumer")] == [
+        f"consumer SHIPPER_p{n}: created" for n in range(3)]
+    second = run("fshipper", "setup", "--config-dir", str(confdir), env=env)
+    assert second.returncode == 0 and "created" not in second.stdout and "updated" not in second.stdout, second.stdout
+    changed = run("fshipper", "setup", "--config-dir", str(confdir),
+                  env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
+    assert "stream SHIPPER: updated" in changed.stdout, changed.stdout + changed.stderr
+    status = run("fshipper", "status", "--config-dir", str(confdir), env=env)
+    assert status.returncode == 0 and "consumer SHIPPER_p2: 0 pending" in status.stdout, status.stdout
