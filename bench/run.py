@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 import tempfile
@@ -137,9 +138,13 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 def main(argv: List[str] = sys.argv[1:]) -> int:
     args = parse_args(argv)
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
     results = run_all(args, args.workdir)
+    machine = describe()
+    machine["load average (1/5/15 min)"] = "before {}, after {}".format(
+        *(" ".join(f"{x:.1f}" for x in load) for load in (load_before, os.getloadavg())))
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in argv)
-    text = render(results, args, describe(), command, started)
+    text = render(results, args, machine, command, started)
     print(text)
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
