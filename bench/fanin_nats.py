@@ -51,6 +51,7 @@ async def publish(url: str, batch: list) -> None:
     await asyncio.wait_for(js.publish_async_completed(), 120)
     for f in futures:
         f.result()          # raises if the server refused one
+    print(time.monotonic(), flush=True)     # all confirmed
     await nc.close()
 
 

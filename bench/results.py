@@ -98,10 +98,14 @@ def render(results: Results, args: argparse.Namespace, machine: Dict[str, str],
         (fan, "5. Fan-in",
          f"{args.fanin_lines:,} lines of 100 B from simulated publishers, hosts "
          f"taking turns with {args.fanin_batch} lines each, into one "
-         "consumer; open fds = most seen in the consumer.",
-         ["hosts", "system", "lines/s", "consumer open fds", "consumer CPU s / M lines"],
+         "consumer; open fds = most seen in the consumer. Publish lines/s: how "
+         "fast the publisher got its lines confirmed by JetStream (fshipper) or "
+         "taken by the socket (rsyslog); close to lines/s, the publisher, not "
+         "the consumer, set the pace.",
+         ["hosts", "system", "lines/s", "publish lines/s", "consumer open fds",
+          "consumer CPU s / M lines"],
          metric_rows(results, fan, systems, lambda k: k[6:],
-                     ["lines_per_s", "fds_consumer", "cpu_consumer"],
+                     ["lines_per_s", "publish_lines_per_s", "fds_consumer", "cpu_consumer"],
                      ratio_of=["lines_per_s"])),
     ]
     for keys, title, intro, header, rows in sections:

@@ -124,11 +124,19 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     help="deadline of one drain, in seconds")
     ap.add_argument("--workdir", type=Path,
                     default=Path(tempfile.gettempdir()) / "fshipper-bench")
+    ap.add_argument("--fshipper-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every fshipper daemon instead of its default "
+                         "(repeatable), e.g. SHIPPER_BATCH_BYTES=64K")
     ap.add_argument("--keep", action="store_true", help="keep every run's work directory")
     args = ap.parse_args(argv)
     for name in args.systems:
         if name not in SYSTEMS:
             ap.error(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    for setting in args.fshipper_setting:
+        key, eq, value = setting.partition("=")
+        if not eq or not key.startswith(("SHIPPER_", "NATS_")):
+            ap.error(f"--fshipper-setting {setting!r}: expected KEY=VALUE with a SHIPPER_ or NATS_ key")
+        Fshipper.overrides[key] = value
     for name in args.scenarios:
         if name not in GROUPS:
             ap.error(f"unknown scenario {name!r}; known: {', '.join(GROUPS)}")

@@ -180,7 +180,8 @@ def fanin(sut: SystemUnderTest, hosts: int, lines_per_host: int, size: int,
         t1 = time.monotonic()
         sampler.sample()
         cpu1 = cpu_seconds(sut.proc("consumer").pid)
-        if pub.wait(timeout) != 0:
+        published = pub.stdout.readline()   # printed when the last is sent
+        if pub.wait(timeout) != 0 or not published:
             raise BenchError(f"{sut.name} publisher: {pub.stderr.read()[-2000:]}")
     finally:
         if pub.poll() is None:
@@ -194,6 +195,7 @@ def fanin(sut: SystemUnderTest, hosts: int, lines_per_host: int, size: int,
             raise BenchError(f"{sut.name}: output is not the input: {error}")
     total = hosts * lines_per_host
     metrics.update(lines_per_s=total / (t1 - t0), seconds=t1 - t0,
+                   publish_lines_per_s=total / (float(published) - t0),
                    fds_consumer=sampler.peak["consumer"],
                    cpu_consumer=(cpu1 - cpu0) / (total / 1e6))
     return metrics

@@ -40,6 +40,8 @@ class Fshipper(SystemUnderTest):
     name = "fshipper"
     role_names = {"producer": "fshipper-producer", "consumer": "fshipper-consumer",
                   "server": "nats-server -js (file storage)"}
+    # Settings over the defaults for every daemon (run.py --fshipper-setting).
+    overrides: Dict[str, str] = {}
 
     def _server(self) -> None:
         self.port = free_port()
@@ -55,6 +57,7 @@ class Fshipper(SystemUnderTest):
         state.mkdir()
         settings.update(NATS_URL=f"nats://127.0.0.1:{self.port}", SHIPPER_SUBJECT=SUBJECT,
                         SHIPPER_STATE_DIR=state)
+        settings.update(self.overrides)
         (conf / f"{role}.env").write_text(
             "".join(f"{k}={v}\n" for k, v in settings.items()))
         self.start(Proc(role, [program(f"fshipper-{role}"), "--foreground",
