@@ -282,6 +282,11 @@ class Follower:
         if not data:
             return None
         ref = self.ref
+        if self.offset and ref.fp_len and _fingerprint(self.fd, ref.fp_len) != ref.fp_hash:
+            # Truncated and written again past our position since we last looked:
+            # these bytes belong to a new file, read from its start.
+            self._restart_truncated(os.fstat(self.fd).st_size)
+            return self._read_fd(max_bytes)
         if ref.fp_len < FINGERPRINT_BYTES and self.offset + len(data) > ref.fp_len:
             ref.fp_len = min(self.offset + len(data), FINGERPRINT_BYTES)
             ref.fp_hash = _fingerprint(self.fd, ref.fp_len)

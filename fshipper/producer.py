@@ -38,6 +38,13 @@ class Sent:
         self.future = future
 
 
+def _failure(future: "asyncio.Future") -> Optional[BaseException]:
+    """Why a finished publish did not succeed (None if it did)."""
+    if future.cancelled():
+        return asyncio.CancelledError("publish abandoned")
+    return future.exception()
+
+
 async def _first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -> bool:
     """Wait for `aw` (shielded), `stop` or the timeout; True if `aw` finished."""
     task = asyncio.ensure_future(aw)
@@ -107,7 +114,7 @@ class Producer:
                     break
                 await self._recover(js, stop, asyncio.TimeoutError("no confirmation within %.0fs" % ACK_TIMEOUT))
                 continue
-            error = head.future.exception()
+            error = _failure(head.future)
             if error is not None:
                 await self._recover(js, stop, error)
                 continue
@@ -129,7 +136,7 @@ class Producer:
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
         confirmed = None
-        while self.window and self.window[0].future.done() and self.window[0].future.exception() is None:
+        while self.window and self.window[0].future.done() and _failure(self.window[0].future) is None:
             confirmed = self.window.popleft().chunk
         if confirmed is not None:
             self.backoff.reset()

@@ -28,6 +28,15 @@ def safe_host(host: str) -> bool:
     return len(host) <= 253 and _SAFE_HOST.fullmatch(host) is not None
 
 
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
 def period_start(timestamp: float) -> float:
     """Local midnight at or before `timestamp`: output files rotate daily."""
     t = time.localtime(timestamp)
@@ -36,7 +45,7 @@ def period_start(timestamp: float) -> float:
 
 def pattern_glob(pattern: str) -> str:
     """A glob matching every name `pattern` can format to (for expiry)."""
-    return re.sub(r"%.", "*", pattern.replace("%%", "%"))
+    return re.sub(r"%(.)", lambda m: "%" if m.group(1) == "%" else "*", pattern)
 
 
 class Sink:
@@ -69,8 +78,9 @@ class Sink:
 
     # --- writing ---------------------------------------------------------------------
 
-    def append(self, path: str, data: bytes) -> None:
-        self._pending.setdefault(path, []).append(data)
+    def append(self, path: str, *parts) -> None:
+        """Queue bytes (or memoryviews) for `path`; written in order by `write`."""
+        self._pending.setdefault(path, []).extend(p for p in parts if len(p))
 
     def write(self) -> Dict[str, int]:
         """Write what the batch collected; returns the new length of each file written.
@@ -130,8 +140,15 @@ class Sink:
     def _open(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is not None:
-            self._fds.move_to_end(path)
-            return fd
+            if _same_file(path, fd):
+                self._fds.move_to_end(path)
+                return fd
+            # Removed or replaced under us (e.g. the host's directory deleted):
+            # writing on would go to a file nobody can see. Start a new one.
+            log.warning("%s: removed or replaced while open; writing a new file", path)
+            del self._fds[path]
+            os.close(fd)
+            self.lengths[path] = 0
         while len(self._fds) >= self.max_open:
             _, old = self._fds.popitem(last=False)
             os.close(old)  # committed data was fsynced (or left to the kernel) already

@@ -184,3 +184,39 @@ def test_a_range_arriving_before_its_predecessor_waits_for_it(pipeline, nats_ser
     wait_until(lambda: p.output_files("order-host") and p.output("order-host").count(b"\n") == 3, 30,
                lambda: f"the lines\n{p.logs()}")
     assert p.output("order-host") == b"first\nsecond\nthird\n"
+
+
+def test_core_mode_ships_over_plain_nats(pipeline):
+    p = pipeline(SHIPPER_MODE="core")
+    p.consumer.start()
+    wait_until(lambda: "subscribed" in p.consumer.tail(), 20, p.logs)
+    p.producer.start()
+    n = append_numbered(p.log, 1, 5_000)
+    wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 30, p.logs)
+    assert p.output() == p.log.read_bytes()
+    assert "core mode" in p.consumer.tail()
+
+
+def test_producer_waits_for_the_stream_and_then_ships(pipeline):
+    p = pipeline()
+    append_numbered(p.log, 1, 1_000)
+    p.producer.start()
+    wait_until(lambda: "no stream captures shipper.> yet" in p.producer.tail(), 20, p.logs)
+    assert not p.out.exists()
+    p.consumer.start()   # creates the stream and its consumer
+    wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 40, p.logs)
+    assert p.output() == p.log.read_bytes()
+
+
+def test_without_directory_every_host_goes_into_one_file(pipeline, nats_server, tmp_path):
+    single = tmp_path / "central" / "all.log"
+    p = pipeline(SHIPPER_OUTPUT=single, SHIPPER_DIRECTORY="")
+    p.consumer.start()
+    wait_until(lambda: "consuming" in p.consumer.tail(), 20, p.logs)
+    _publish(nats_server.url, "shipper.p0.host-a", b"from a")
+    _publish(nats_server.url, "shipper.p0.host-b", b"from b")
+    wait_until(lambda: list(single.parent.glob("all.log-*")) and
+               list(single.parent.glob("all.log-*"))[0].read_bytes().count(b"\n") == 2, 20, p.logs)
+    [path] = single.parent.glob("all.log-*")
+    assert path.name.endswith("0000")   # '-%Y%m%d%H%M' of the day's start was appended
+    assert path.read_bytes() == b"from a\nfrom b\n"

@@ -1,0 +1,51 @@
+from fshipper.ledger import DUPLICATE, EARLY, WRITE, Ledger
+from fshipper.wire import Position
+
+
+def P(gen, start, end, prev=(None, None), origin="o1"):
+    return Position(origin, gen, start, end, prev[0], prev[1])
+
+
+def test_in_order_ranges_are_written_and_repeats_are_duplicates(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    assert ledger.check("h", P(0, 0, 10)) == (WRITE, 0)
+    ledger.advance("h", P(0, 0, 10))
+    assert ledger.check("h", P(0, 0, 10)) == (DUPLICATE, 0)
+    assert ledger.check("h", P(0, 0, 30)) == (WRITE, 10)       # overlap: only the new tail
+    assert ledger.check("h", P(0, 10, 30)) == (WRITE, 0)
+    assert ledger.check("h", P(0, 20, 30)) == (EARLY, 0)       # 10..20 still to come
+    assert ledger.check("h", P(0, 0, 10, origin="o2")) == (WRITE, 0)  # another producer
+
+
+def test_next_file_follows_only_from_the_recorded_end(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.advance("h", P(4, 0, 100))
+    assert ledger.check("h", P(5, 0, 50, prev=(4, 100))) == (WRITE, 0)
+    assert ledger.check("h", P(5, 0, 50, prev=(4, 200))) == (EARLY, 0)   # 100..200 of file 4 missing
+    assert ledger.check("h", P(3, 0, 50)) == (DUPLICATE, 0)
+
+
+def test_commit_persists_and_a_failed_batch_is_forgotten(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.advance("h", P(0, 0, 10))
+    ledger.commit({"/out/h/app": 11})
+    ledger.advance("h", P(0, 10, 20))
+    ledger.rollback()
+    again = Ledger(str(tmp_path), "consumer")
+    again.load()
+    assert again.files == {"/out/h/app": 11}
+    assert again.check("h", P(0, 10, 20)) == (WRITE, 0)
+    assert again.check("h", P(0, 0, 10)) == (DUPLICATE, 0)
+
+
+def test_a_failed_save_changes_nothing_in_memory(tmp_path):
+    ledger = Ledger(str(tmp_path / "missing-dir"), "consumer")
+    ledger.advance("h", P(0, 0, 10))
+    try:
+        ledger.commit({"/x": 1})
+    except OSError:
+        pass
+    else:
+        raise AssertionError("saving into a missing directory must fail")
+    ledger.rollback()
+    assert ledger.check("h", P(0, 0, 10)) == (WRITE, 0) and ledger.files == {}

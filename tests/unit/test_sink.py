@@ -1,0 +1,94 @@
+import os
+import time
+
+import pytest
+
+from fshipper.sink import Sink, pattern_glob, period_start, safe_host
+
+
+@pytest.mark.parametrize("host", ["web1", "web1.example.net", "db-2.prod", "host_1", "A1"])
+def test_plain_host_names_are_safe(host):
+    assert safe_host(host)
+
+
+@pytest.mark.parametrize("host", ["a/b", "~root", "-rf", ".hidden", "..", "a..b", "/etc", "a\0b",
+                                  "a b", "", "x" * 254, "a.-b", "a."])
+def test_names_that_could_escape_are_refused(host):
+    assert not safe_host(host)
+
+
+def test_output_is_named_for_the_start_of_the_local_day(tmp_path):
+    sink = Sink("app.log.%Y%m%d", str(tmp_path), 4, False, 7)
+    noon = time.mktime((2026, 11, 28, 12, 30, 0, 0, 0, -1))
+    assert sink.path_for("web1", noon) == str(tmp_path / "web1" / "app.log.20261128")
+    assert sink.path_for("web1", noon + 12 * 3600) == str(tmp_path / "web1" / "app.log.20261129")
+    minute = Sink("system.log-%Y%m%d%H%M", None, 4, False, 7)
+    assert minute.path_for("any", noon) == "system.log-202611280000"
+    assert period_start(noon) == time.mktime((2026, 11, 28, 0, 0, 0, 0, 0, -1))
+
+
+def test_pattern_glob():
+    assert pattern_glob("app.log.%Y%m%d") == "app.log.***"
+    assert pattern_glob("a%%b-%d") == "a%b-*"
+
+
+def test_write_confirm_and_rollback_cut_back(tmp_path):
+    sink = Sink("out.%Y", str(tmp_path), 2, True, 7)
+    path = sink.path_for("h", time.time())
+    sink.append(path, b"one\n")
+    lengths = sink.write()
+    sink.confirm(lengths)
+    assert lengths == {path: 4}
+    sink.append(path, b"two\n")
+    sink.write()                     # written, but the batch fails before it is recorded
+    sink.rollback()
+    assert open(path, "rb").read() == b"one\n"
+    sink.append(path, b"three\n")
+    sink.confirm(sink.write())
+    assert open(path, "rb").read() == b"one\nthree\n"
+
+
+def test_restore_cuts_files_to_their_recorded_length(tmp_path):
+    path = tmp_path / "h" / "out"
+    path.parent.mkdir()
+    path.write_bytes(b"recorded\nnot recorded\n")
+    sink = Sink("out", str(tmp_path), 2, True, 7)
+    sink.restore({str(path): 9})
+    assert path.read_bytes() == b"recorded\n"
+
+
+def test_open_files_are_bounded(tmp_path):
+    sink = Sink("out", str(tmp_path), 3, False, 7)
+    for n in range(20):
+        sink.append(sink.path_for(f"host{n}", time.time()), b"x\n")
+    sink.confirm(sink.write())
+    assert sink.open_count() == 3
+    assert all((tmp_path / f"host{n}" / "out").read_bytes() == b"x\n" for n in range(20))
+
+
+def test_files_older_than_keep_days_are_removed(tmp_path):
+    sink = Sink("app.%Y%m%d", str(tmp_path), 4, False, 7)
+    (tmp_path / "web1").mkdir()
+    old = tmp_path / "web1" / "app.20261101"
+    recent = tmp_path / "web1" / "app.20261127"
+    other = tmp_path / "web1" / "notes.txt"
+    for p in (old, recent, other):
+        p.write_text("x\n")
+    now = time.time()
+    os.utime(old, (now - 10 * 86400, now - 10 * 86400))
+    os.utime(other, (now - 10 * 86400, now - 10 * 86400))
+    assert sink.expire(now) == [str(old)]
+    assert recent.exists() and other.exists() and not old.exists()
+
+
+def test_a_removed_host_directory_is_made_again(tmp_path):
+    import shutil
+
+    sink = Sink("out", str(tmp_path), 4, False, 7)
+    path = sink.path_for("h", time.time())
+    sink.append(path, b"one\n")
+    sink.confirm(sink.write())
+    shutil.rmtree(tmp_path / "h")
+    sink.append(path, b"two\n")
+    sink.confirm(sink.write())
+    assert open(path, "rb").read() == b"two\n"

@@ -1,0 +1,73 @@
+import pytest
+
+from fshipper import wire
+
+# 32-bit FNV-1a reference values (offset 2166136261, prime 16777619), as Go's
+# hash/fnv New32a computes them.
+FNV_VECTORS = [
+    (b"", 0x811C9DC5),
+    (b"a", 0xE40C292C),
+    (b"foobar", 0xBF9CF968),
+    (b"hello", 0x4F9F2CAB),
+    (b"web1.example.net", None),  # checked against the loop definition below
+]
+
+
+def reference_fnv1a(data: bytes) -> int:
+    h = 2166136261
+    for b in data:
+        h ^= b
+        h = (h * 16777619) % 2 ** 32
+    return h
+
+
+@pytest.mark.parametrize("data, expected", FNV_VECTORS)
+def test_fnv1a_known_vectors(data, expected):
+    assert wire.fnv1a32(data) == (expected if expected is not None else reference_fnv1a(data))
+
+
+def test_partition_is_fnv_mod_partitions_and_zero_when_unset():
+    host = "web1.example.net"
+    assert wire.partition(host, 0) == 0
+    assert wire.partition(host, 1) == 0
+    assert wire.partition(host, 7) == reference_fnv1a(host.encode()) % 7
+    assert wire.partition("a", 10) == 0xE40C292C % 10
+
+
+def test_subject_keeps_the_dots_of_the_host():
+    n = 0xE40C292C % 8
+    assert wire.subject("shipper", "a", 8) == f"shipper.p{n}.a"
+    assert wire.subject("shipper", "web1.example.net", 0) == "shipper.p0.web1.example.net"
+    assert wire.parse_subject("shipper", "shipper.p3.web1.example.net") == (3, "web1.example.net")
+    assert wire.parse_subject("shipper", "other.p3.x") is None
+    assert wire.parse_subject("shipper", "shipper.px.host") is None
+    assert wire.parse_subject("logs.prod", "logs.prod.p12.h") == (12, "h")
+
+
+def test_frame_strips_only_the_final_newline_and_keeps_cr():
+    assert wire.frame(b"a\r\nb\n", line_complete=True) == (b"a\r\nb", False)
+    assert wire.frame(b"\n", line_complete=True) == (b"", False)          # one empty line
+    assert wire.frame(b"partial", line_complete=False) == (b"partial", True)
+    assert wire.frame(b"last line", line_complete=True) == (b"last line", False)
+
+
+def test_unframe_adds_the_newline_back_except_for_parts():
+    assert wire.unframe(b"a\r\nb", False) == b"a\r\nb\n"
+    assert wire.unframe(b"part", True) == b"part"
+
+
+def test_position_round_trip_and_headers():
+    pos = wire.Position("abc", 3, 100, 250, 2, 4096)
+    assert wire.Position.decode(pos.encode()) == pos
+    first = wire.Position("abc", 0, 0, 10)
+    assert first.encode() == "abc 0 0 10 - -"
+    hdrs = wire.headers("web1", pos, more=True)
+    assert hdrs["Nats-Msg-Id"] == "web1:abc:3:100:250"
+    assert wire.read_headers(hdrs) == (pos, True)
+    assert wire.read_headers(None) == (None, False)
+    assert wire.read_headers({"Other": "x"}) == (None, False)
+
+
+@pytest.mark.parametrize("text", ["", "a b c", "a 1 10 5 - -", "a -1 0 5 - -", "a x 0 5 - -"])
+def test_bad_positions_are_ignored(text):
+    assert wire.Position.decode(text) is None
