@@ -36,7 +36,8 @@ def describe() -> Dict[str, str]:
         "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "rsyslog": _first_line([shutil.which("rsyslogd") or "/usr/sbin/rsyslogd", "-v"]),
+        "rsyslog": _first_line([shutil.which("rsyslogd") or "/usr/sbin/rsyslogd", "-v"])
+        .replace(" compiled with:", ""),
         "nats-server": _first_line([nats, "--version"]) if nats else "not found",
         "fshipper": _first_line([fshipper, "version"]) if fshipper else "not found",
     }

@@ -61,8 +61,8 @@ def render(results: Results, args: argparse.Namespace, machine: Dict[str, str],
     systems = args.systems
     out = [f"# fshipper vs rsyslog — {started:%Y-%m-%d %H:%M} UTC", "",
            table(["machine", ""], [[k, v] for k, v in machine.items()]), "",
-           f"Command: `{command}` ({args.runs} runs each, backlog "
-           f"{args.backlog_runs}); cells are median (min–max) over runs, "
+           f"Command: `{command}` ({args.runs} runs of each scenario, "
+           f"{args.backlog_runs} of each backlog); cells are median (min–max) over runs, "
            "ratios are taken run by run.", "", "## Targets", "", targets(results)]
 
     burst = _keys(results, "burst-")
