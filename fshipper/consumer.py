@@ -57,7 +57,6 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         self.ledger.load()
         self.sink.restore(self.ledger.files)
-        self.ledger.prune(time.time(), os.path.exists)
         if self.settings.shipper_directory:
             os.makedirs(self.settings.shipper_directory, exist_ok=True)
         self.ready()
@@ -78,6 +77,7 @@ class Consumer:
             await asyncio.gather(*serve)
         finally:
             self.sink.close()
+            self.ledger.close()
             await connection.close(self.nc)
             c = self.counters
             log.info("stopped: %d messages, %d bytes written, %d duplicates skipped, %d refused, %d gaps",
