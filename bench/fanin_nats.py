@@ -28,9 +28,10 @@ def messages(subject: str, hosts: int, lines: int, size: int, run: int) -> list:
         host = host_name(h)
         start, end = offsets[h], offsets[h] + len(block)
         offsets[h] = end
-        payload, more = wire.frame(block, True)
         pos = wire.Position(f"sim{h:06d}", 0, start, end)
-        out.append((wire.subject(subject, host, 0), payload, wire.headers(host, pos, more)))
+        # whole lines: the payload is the block without its final newline
+        out.append((wire.subject(subject, host, 0), block[:-1],
+                    wire.headers(host, pos, False)))
     return out
 
 
