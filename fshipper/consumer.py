@@ -21,13 +21,16 @@ from nats.aio.msg import Msg
 from . import connection, streams, wire
 from .config import Settings
 from .ledger import DUPLICATE, EARLY, WRITE, Ledger
+from .puller import Puller
 from .sink import Sink, safe_host
 from .util import Backoff
 
 log = logging.getLogger(__name__)
 
-FETCH_WAIT = 1.0        # seconds a fetch waits for messages (also bounds stop latency)
+FETCH_WAIT = 1.0        # seconds a pull request waits for messages (also bounds stop latency)
+FETCH_BYTES = 8 << 20   # bytes one pull request may bring: bounds memory whatever the message size
 EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
+RECHECK_IDLE = 30.0     # seconds idle before checking the stream and consumer still exist
 
 
 class Counters:
@@ -51,6 +54,7 @@ class Consumer:
         self._early_since: Dict[str, float] = {}
         self._refused_logged: set = set()
         self._next_expiry = 0.0
+        self._checked: Dict[int, float] = {}
         self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
@@ -69,9 +73,8 @@ class Consumer:
                 return
             self.nc = connecting.result()
             if self.jetstream:
-                js = self.nc.jetstream()
-                await self._ensure_streams(js, stop)
-                serve = [self._serve(js, n, stop) for n in self.settings.shipper_read_partitions]
+                await self._ensure_streams(self.nc.jetstream(), stop)
+                serve = [self._serve(n, stop) for n in self.settings.shipper_read_partitions]
             else:
                 serve = [self._serve_core(n, stop) for n in self.settings.shipper_read_partitions]
             await asyncio.gather(*serve)
@@ -98,50 +101,37 @@ class Consumer:
                 except asyncio.TimeoutError:
                     pass
 
-    async def _serve(self, js, number: int, stop: asyncio.Event) -> None:
+    async def _serve(self, number: int, stop: asyncio.Event) -> None:
         name = streams.consumer_name(self.settings, number)
-        sub = None
-        ahead: Optional[asyncio.Future] = None  # the next batch, asked for while this one is written
+        puller = Puller(self.nc, self.settings.stream, name, self.settings.shipper_fetch_batch,
+                        FETCH_BYTES, FETCH_WAIT)
+        await puller.start()
+        log.info("partition %d: consuming %s", number, name)
         backoff = Backoff(first=0.5, cap=30.0)
-        while not stop.is_set():
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(consumer=name, stream=self.settings.stream)
-                    log.info("partition %d: consuming %s", number, name)
-                fetching = ahead or asyncio.ensure_future(self._fetch(sub))
-                ahead = None
-                msgs = await fetching
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                self._housekeeping()
-                continue
-            except (nats.errors.Error, OSError) as e:
-                delay = backoff.next_delay()
-                log.warning("partition %d: fetch failed (%s); retry in %.1fs", number, str(e) or type(e).__name__, delay)
-                await _sleep(delay, stop)
-                continue
-            ahead = asyncio.ensure_future(self._fetch(sub))
-            for _ in range(3):  # let the request leave before the loop is busy writing
-                await asyncio.sleep(0)
-            delay = await self._handle(number, msgs, backoff)
-            if delay:
-                await self._give_back(ahead, delay)  # never write it ahead of the batch retried
-                ahead = None
-                await _sleep(delay, stop)
-            self._housekeeping()
-        if ahead is not None:
-            await self._give_back(ahead, 0)
-
-    async def _fetch(self, sub) -> List[Msg]:
-        return await sub.fetch(self.settings.shipper_fetch_batch, timeout=FETCH_WAIT)
-
-    async def _give_back(self, fetching: asyncio.Future, delay: float) -> None:
-        """Return a fetched, unwritten batch for redelivery (after `delay`)."""
         try:
-            msgs = await fetching
-        except (asyncio.TimeoutError, nats.errors.Error, OSError):
-            return
-        for msg in msgs:
-            await _reply(msg.nak(delay=delay or None))
+            while not stop.is_set():
+                try:
+                    msgs = await puller.fetch()
+                except nats.errors.TimeoutError:
+                    self._housekeeping()
+                    await self._recheck(number)
+                    continue
+                except (nats.errors.Error, OSError) as e:
+                    delay = backoff.next_delay()
+                    log.warning("partition %d: fetch failed (%s); retry in %.1fs",
+                                number, str(e) or type(e).__name__, delay)
+                    await _sleep(delay, stop)
+                    continue
+                delay = await self._handle(number, msgs, backoff)
+                if delay:
+                    # Pause. What the open request still brings meanwhile goes back
+                    # too: nothing later may be written ahead of the retried batch.
+                    for msg in await puller.hold(delay, stop):
+                        await _reply(msg.nak(delay=delay))
+                self._housekeeping()
+        finally:
+            for msg in await puller.stop():  # arrived, not written: at once to the next consumer
+                await _reply(msg.nak())
 
     async def _serve_core(self, number: int, stop: asyncio.Event) -> None:
         """Plain NATS, at most once (the original design): no acks, no redelivery."""
@@ -161,6 +151,19 @@ class Consumer:
             if delay:
                 await _sleep(delay, stop)
         await sub.unsubscribe()
+
+    async def _recheck(self, number: int) -> None:
+        """Idle for a while: make sure the stream and this partition's consumer are
+        still there (an operator may have deleted them); cheap and idempotent."""
+        now = time.monotonic()
+        if now - self._checked.get(number, now) < RECHECK_IDLE:
+            self._checked.setdefault(number, now)
+            return
+        self._checked[number] = now
+        try:
+            await streams.ensure(self.nc.jetstream(), self.settings, [number], quiet=True)
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            log.warning("partition %d: cannot check stream %s: %s", number, self.settings.stream, e)
 
     def _housekeeping(self) -> None:
         now = time.time()

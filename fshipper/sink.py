@@ -9,7 +9,7 @@ half-written line or a repeated one behind.
 from __future__ import annotations
 
 import collections
-import ctypes
+import concurrent.futures
 import glob
 import logging
 import os
@@ -22,31 +22,7 @@ log = logging.getLogger(__name__)
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
 _SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
-SYNCFS_FROM = 4  # files in one batch from which one syncfs beats an fsync each
-
-
-def _load_syncfs():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_syncfs_call = _load_syncfs()
-
-
-def _syncfs_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _syncfs_call(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), directory)
-    finally:
-        os.close(fd)
-
-
-_syncfs = _syncfs_dir if _syncfs_call is not None else None
+FSYNC_THREADS = 16  # files flushed at once: the filesystem commits them together
 
 
 def _fsync_directories(path: str, top: Optional[str]) -> None:
@@ -98,6 +74,7 @@ class Sink:
         self._pending: Dict[str, List[bytes]] = {}
         self._touched: set = set()
         self._created: set = set()
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._names: Dict[float, str] = {}
 
     # --- naming ----------------------------------------------------------------------
@@ -124,13 +101,8 @@ class Sink:
         """Write what the batch collected; returns the new length of each file written.
 
         The lengths count as complete only after `confirm` (once they are recorded).
-        With fsync on, a batch touching a few files fsyncs each (and the directory
-        of a new one); one touching many, as thousands of hosts do, syncs their
-        filesystem once (syncfs) instead of paying a flush per file.
         """
         written = {}
-        whole_fs = self.fsync and len(self._pending) >= SYNCFS_FROM and _syncfs is not None
-        filesystems: Dict[int, str] = {}
         for path, parts in self._pending.items():
             self._touched.add(path)
             fd = self._open(path)
@@ -141,19 +113,39 @@ class Sink:
                     rest = b"".join(group)[done:]
                     while rest:
                         rest = rest[os.write(fd, rest):]
-            st = os.fstat(fd)
-            if whole_fs:
-                filesystems.setdefault(st.st_dev, os.path.dirname(path) or ".")
-            elif self.fsync:
-                os.fsync(fd)  # before the next open can evict this descriptor
-                if path in self._created:
-                    _fsync_directories(path, self.directory)
-            written[path] = st.st_size
-        for directory in filesystems.values():
-            _syncfs(directory)
+            written[path] = os.fstat(fd).st_size
+        if self.fsync and written:
+            self._flush(list(written))
         self._created.difference_update(written)
         self._pending.clear()
         return written
+
+    def _flush(self, paths: List[str]) -> None:
+        """fsync the batch's files (and the directories of new ones). With many
+        files, as thousands of hosts give, several at once: a blocked fsync is
+        the filesystem's time, not ours, and concurrent ones share a journal
+        commit. (syncfs would be one call, but it also flushes whatever else is
+        dirty there — a co-located nats-server's store — and can take seconds.)"""
+        if len(paths) == 1:
+            self._flush_one(paths[0])
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+        for _ in self._pool.map(self._flush_one, paths):
+            pass  # re-raises the first OSError
+
+    def _flush_one(self, path: str) -> None:
+        fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
+        if fd is not None:
+            os.fsync(fd)
+        else:  # evicted by a later file of the same batch
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if path in self._created:
+            _fsync_directories(path, self.directory)
 
     def confirm(self, lengths: Dict[str, int]) -> None:
         self.lengths.update(lengths)
@@ -220,6 +212,9 @@ class Sink:
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     # --- expiry ----------------------------------------------------------------------
 
