@@ -10,6 +10,7 @@ later line of a host is written ahead of an earlier one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -28,9 +29,11 @@ from .util import Backoff
 log = logging.getLogger(__name__)
 
 FETCH_WAIT = 1.0        # seconds a pull request waits for messages (also bounds stop latency)
-FETCH_BYTES = 8 << 20   # bytes one pull request may bring: bounds memory whatever the message size
+FETCH_BYTES = 16 << 20   # bytes one pull request may bring: bounds memory whatever the message size
 EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
 RECHECK_IDLE = 30.0     # seconds idle before checking the stream and consumer still exist
+COMMIT_EVERY = 1.0      # seconds a busy consumer may gather batches before one commit
+COMMIT_MAX = 10000      # messages gathered at most (well below the consumer's max_ack_pending)
 
 
 class Counters:
@@ -55,12 +58,15 @@ class Consumer:
         self._refused_logged: set = set()
         self._next_expiry = 0.0
         self._checked: Dict[int, float] = {}
+        self._uncommitted: List[str] = []   # reply subjects of written messages, to acknowledge
+        self._committed_at = time.monotonic()
         self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
     async def run(self, stop: asyncio.Event) -> None:
         self.ledger.load()
         self.sink.restore(self.ledger.files)
+        self.sink.reserve_descriptors()
         if self.settings.shipper_directory:
             os.makedirs(self.settings.shipper_directory, exist_ok=True)
         self.ready()
@@ -111,8 +117,13 @@ class Consumer:
         try:
             while not stop.is_set():
                 try:
-                    msgs = await puller.fetch()
+                    msgs = await puller.fetch(COMMIT_EVERY if self._uncommitted else None)
                 except nats.errors.TimeoutError:
+                    if self._uncommitted:  # quiet now: commit what was gathered
+                        delay = await self._commit_or_fail(number, backoff)
+                        if delay:
+                            await _sleep(delay, stop)
+                        continue
                     self._housekeeping()
                     await self._recheck(number)
                     continue
@@ -122,7 +133,7 @@ class Consumer:
                                 number, str(e) or type(e).__name__, delay)
                     await _sleep(delay, stop)
                     continue
-                delay = await self._handle(number, msgs, backoff)
+                delay = await self._handle(number, msgs, backoff, more=puller.busy())
                 if delay:
                     # Pause. What the open request still brings meanwhile goes back
                     # too: nothing later may be written ahead of the retried batch.
@@ -130,6 +141,8 @@ class Consumer:
                         await _reply(msg.nak(delay=delay))
                 self._housekeeping()
         finally:
+            if self._uncommitted:
+                await self._commit_or_fail(number, backoff)
             for msg in await puller.stop():  # arrived, not written: at once to the next consumer
                 await _reply(msg.nak())
 
@@ -171,14 +184,20 @@ class Consumer:
             self._next_expiry = now + EXPIRE_EVERY
             self.sink.expire(now)
 
-    async def _handle(self, number: int, msgs: List[Msg], backoff: Backoff) -> float:
-        """Process one batch; returns how long the partition should pause (0: not)."""
+    async def _handle(self, number: int, msgs: List[Msg], backoff: Backoff, more: bool = False) -> float:
+        """Decide and write one batch; returns how long the partition should pause.
+
+        Written lines are visible at once; they are made durable, recorded and
+        acknowledged together at the next commit — after this batch if no more
+        messages are waiting (`more`), else once COMMIT_EVERY has passed, so a
+        busy consumer pays one fsync per file for several batches.
+        """
         acks: List[Msg] = []
         early: List[Tuple[Msg, float]] = []
         refused: List[Msg] = []
         written_bytes = 0
-        # Everything up to the ledger save runs without an await, so batches of
-        # different partitions never interleave their writes.
+        # Deciding and writing run without an await: batches of different
+        # partitions never interleave their writes.
         for msg in msgs:
             decision = self._decide(msg)
             if decision is None:
@@ -191,36 +210,58 @@ class Consumer:
                 acks.append(msg)
                 written_bytes += decision
         try:
-            lengths = self.sink.write()
-            self.ledger.commit(lengths)
+            self.sink.write()
         except OSError as e:
-            self.sink.rollback()
-            self.ledger.rollback()
-            delay = backoff.next_delay()
-            log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
-                      number, e, len(msgs) - len(refused), delay)
-            if self.jetstream:
-                for msg in msgs:
-                    if msg not in refused:
-                        await _reply(msg.nak(delay=delay))
-                for msg in refused:
-                    await _reply(msg.term())
-            return delay
-        self.sink.confirm(lengths)
+            return await self._fail(number, e, acks + [m for m, _ in early], refused, backoff)
+        self._uncommitted += [m.reply for m in acks]
+        self.counters.bytes += written_bytes
+        self.counters.messages += len(acks)
+        if self.jetstream:
+            for msg, delay in early:
+                await _reply(msg.nak(delay=delay))
+            for msg in refused:
+                await _reply(msg.term())
+        if more and time.monotonic() - self._committed_at < COMMIT_EVERY and len(self._uncommitted) < COMMIT_MAX:
+            return 0.0
+        return await self._commit_or_fail(number, backoff)
+
+    async def _commit_or_fail(self, number: int, backoff: Backoff) -> float:
+        try:
+            await self._commit()
+        except OSError as e:
+            return await self._fail(number, e, [], [], backoff)
         if backoff.attempt:
             log.info("partition %d: writing again", number)
             backoff.reset()
-        self.counters.bytes += written_bytes
-        self.counters.messages += len(acks)
-        if not self.jetstream:
-            return 0.0
-        for msg in acks:
-            await _reply(msg.ack())
-        for msg, delay in early:
-            await _reply(msg.nak(delay=delay))
-        for msg in refused:
-            await _reply(msg.term())
         return 0.0
+
+    async def _commit(self) -> None:
+        """Make the written lines durable, record them, then acknowledge them."""
+        lengths = self.sink.sync()
+        self.ledger.commit(lengths)
+        self.sink.confirm(lengths)
+        replies, self._uncommitted = self._uncommitted, []
+        self._committed_at = time.monotonic()
+        if self.jetstream:
+            for reply in replies:
+                await _publish(self.nc, reply, b"")  # an empty reply acknowledges
+        
+    async def _fail(self, number: int, error: OSError, msgs: List[Msg], refused: List[Msg],
+                    backoff: Backoff) -> float:
+        """Undo everything not committed; ask for it again after a back-off."""
+        self.sink.rollback()
+        self.ledger.rollback()
+        replies, self._uncommitted = self._uncommitted + [m.reply for m in msgs], []
+        delay = backoff.next_delay()
+        log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
+                  number, error, len(replies), delay)
+        if self.jetstream:
+            nak = b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
+            for reply in replies:
+                await _publish(self.nc, reply, nak)
+            for msg in refused:
+                await _reply(msg.term())
+        return delay
 
     def _decide(self, msg: Msg):
         """None: refuse; DUPLICATE; a float: early, ask again after that delay;
@@ -230,8 +271,7 @@ class Consumer:
             self._refuse(msg.subject)
             return None
         host = parsed[1]
-        meta = msg.metadata if self.jetstream else None
-        path = self.sink.path_for(host, meta.timestamp.timestamp() if meta else time.time())
+        path = self.sink.path_for(host, _stored_at(msg) if self.jetstream else time.time())
         pos, more = wire.read_headers(msg.headers)
         payload, tail = msg.data, (b"" if more else b"\n")  # written as two parts: no copy
         if pos is None:  # a plain message (e.g. the original Go producer): no identity to check
@@ -244,9 +284,9 @@ class Consumer:
             return DUPLICATE
         if verdict == EARLY:
             first = self._early_since.setdefault(key, time.monotonic())
-            if meta and time.monotonic() - first < self.settings.shipper_gap_timeout:
+            if self.jetstream and time.monotonic() - first < self.settings.shipper_gap_timeout:
                 self.counters.early += 1
-                return min(0.2 * meta.num_delivered, 5.0)
+                return min(0.2 * msg.metadata.num_delivered, 5.0)
             self.counters.gaps += 1
             log.error("host %s: the range before %s never came within %.0fs; writing on (a gap in the output)",
                       host, pos.encode(), self.settings.shipper_gap_timeout)
@@ -264,6 +304,22 @@ class Consumer:
             self._refused_logged.add(subject)
             log.warning("refused a message on %r: the host name is not a safe directory name "
                         "(refused so far: %d)", subject, self.counters.refused)
+
+
+def _stored_at(msg: Msg) -> float:
+    """When the server stored the message (from its ack subject; the day of the
+    output file, the same at every redelivery)."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:     # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>
+        return int(tokens[7]) / 1e9
+    return msg.metadata.timestamp.timestamp()   # the longer forms, parsed by nats-py
+
+
+async def _publish(nc, subject: str, payload: bytes) -> None:
+    try:
+        await nc.publish(subject, payload)
+    except (nats.errors.Error, OSError) as e:
+        log.debug("acknowledgement not sent: %s", e)
 
 
 async def _reply(aw) -> None:

@@ -11,9 +11,11 @@ JetStream API subject are used.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import time
-from typing import List
+from typing import Deque, List, Optional
 
 import nats.errors
 from nats.aio.client import Client
@@ -31,16 +33,36 @@ class Puller:
         self.max_bytes = max_bytes
         self.wait = wait
         self.sub = None
+        self.arrived: Deque[Msg] = collections.deque()
+        self.signal = asyncio.Event()
         self.owed = 0                 # messages the open request may still bring
         self.bytes_owed = 0
         self.expires_at = 0.0
 
     async def start(self) -> None:
-        self.sub = await self.nc.subscribe(self.nc.new_inbox(), pending_msgs_limit=0, pending_bytes_limit=0)
+        # A callback only queues: cheaper per message than next_msg(), which
+        # makes a task and a timer for each one.
+        self.sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._arrive,
+                                           pending_msgs_limit=0, pending_bytes_limit=0)
+
+    async def _arrive(self, msg: Msg) -> None:
+        self.arrived.append(msg)
+        self.signal.set()
+
+    async def _next(self, timeout: float) -> bool:
+        """Wait until something arrived (True) or `timeout` passed (False)."""
+        if self.arrived:
+            return True
+        self.signal.clear()
+        try:
+            await asyncio.wait_for(self.signal.wait(), timeout)
+        except asyncio.TimeoutError:
+            return bool(self.arrived)
+        return True
 
     async def stop(self) -> List[Msg]:
         """Unsubscribe; returns what had arrived and was not handed out (to give back)."""
-        left = await self._drain() if self.sub is not None else []
+        left = self._drain()
         if self.sub is not None:
             try:
                 await self.sub.unsubscribe()
@@ -48,6 +70,11 @@ class Puller:
                 pass
             self.sub = None
         return left
+
+    def busy(self) -> bool:
+        """Are more messages coming right now: arrived, or the open request has
+        started to deliver and is not used up?"""
+        return bool(self.arrived) or (self._open() and self.owed < self.batch)
 
     def _open(self) -> bool:
         return self.owed > 0 and self.bytes_owed > 0 and time.monotonic() < self.expires_at
@@ -58,47 +85,40 @@ class Puller:
         self.owed, self.bytes_owed = self.batch, self.max_bytes
         self.expires_at = time.monotonic() + self.wait
 
-    async def fetch(self) -> List[Msg]:
-        """Messages that arrived (at least one), or raises nats.errors.TimeoutError."""
-        msgs = await self._drain()
-        deadline = time.monotonic() + self.wait
+    async def fetch(self, timeout: Optional[float] = None) -> List[Msg]:
+        """Messages that arrived (at least one), or raises nats.errors.TimeoutError
+        after `timeout` (default: the request's wait)."""
+        msgs = self._drain()
+        deadline = time.monotonic() + (self.wait if timeout is None else timeout)
         while not msgs:
             if not self._open():
                 await self._request()
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not await self._next(remaining):
                 raise nats.errors.TimeoutError
-            msgs = self._take(await self.sub.next_msg(timeout=remaining)) + await self._drain()
+            msgs = self._drain()
         if not self._open():
             await self._request()  # the server fills the next one while the caller writes
         return msgs
 
-    async def hold(self, seconds: float, stop) -> List[Msg]:
+    async def hold(self, seconds: float, stop: asyncio.Event) -> List[Msg]:
         """Wait `seconds` without asking for more; returns what the open request brought."""
         msgs: List[Msg] = []
         deadline = time.monotonic() + seconds
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                msgs += self._take(await self.sub.next_msg(timeout=min(remaining, 0.25)))
-            except nats.errors.TimeoutError:
-                pass
-        return msgs + await self._drain()
+        while not stop.is_set() and time.monotonic() < deadline:
+            await self._next(min(deadline - time.monotonic(), 0.25))
+            msgs += self._drain()
+        return msgs + self._drain()
 
-    async def _drain(self) -> List[Msg]:
+    def _drain(self) -> List[Msg]:
         msgs: List[Msg] = []
-        while self.sub.pending_msgs:
-            msgs += self._take(await self.sub.next_msg(timeout=None))
+        while self.arrived:
+            msg = self.arrived.popleft()
+            status = msg.headers.get(STATUS) if msg.headers else None
+            if status is None:
+                self.owed -= 1
+                self.bytes_owed -= len(msg.data) + len(msg.subject)
+                msgs.append(msg)
+            elif status != HEARTBEAT:
+                self.owed = 0  # 404/408 (request ended), 409 (conflict): the request is closed
         return msgs
-
-    def _take(self, msg: Msg) -> List[Msg]:
-        status = msg.headers.get(STATUS) if msg.headers else None
-        if status is None:
-            self.owed -= 1
-            self.bytes_owed -= len(msg.data) + len(msg.subject)
-            return [msg]
-        if status != HEARTBEAT:
-            self.owed = 0  # 404/408 (request ended), 409 (conflict): the request is closed
-        return []

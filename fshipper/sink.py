@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import glob
 import logging
 import os
 import re
+import resource
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
 _SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
-FSYNC_THREADS = 16  # files flushed at once: the filesystem commits them together
+WORKER_THREADS = 16  # files written or flushed at once
 
 
 def _fsync_directories(path: str, top: Optional[str]) -> None:
@@ -39,15 +41,6 @@ def _fsync_directories(path: str, top: Optional[str]) -> None:
 def safe_host(host: str) -> bool:
     """A plain DNS-like label sequence: nothing that could leave the directory."""
     return len(host) <= 253 and _SAFE_HOST.fullmatch(host) is not None
-
-
-def _same_file(path: str, fd: int) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 def period_start(timestamp: float) -> float:
@@ -74,22 +67,30 @@ class Sink:
         self._pending: Dict[str, List[bytes]] = {}
         self._touched: set = set()
         self._created: set = set()
+        self._written: Dict[str, int] = {}     # since the last confirm: path -> length
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._names: Dict[float, str] = {}
+        self._names: Dict[Tuple[float, float], str] = {}
 
     # --- naming ----------------------------------------------------------------------
 
     def path_for(self, host: str, timestamp: float) -> str:
-        start = period_start(timestamp)
-        name = self._names.get(start)
-        if name is None:
-            name = time.strftime(self.output, time.localtime(start))
-            if len(self._names) > 8:
-                self._names.clear()
-            self._names[start] = name
+        name = self._name_for(timestamp)
         if self.directory is None:
             return name
-        return os.path.join(self.directory, host, name)
+        return f"{self.directory}/{host}/{name}"
+
+    def _name_for(self, timestamp: float) -> str:
+        """The output name for the local day holding `timestamp` (days cached)."""
+        for (start, end), name in self._names.items():
+            if start <= timestamp < end:
+                return name
+        start = period_start(timestamp)
+        end = period_start(start + 36 * 3600)  # the next local midnight, DST or not
+        name = time.strftime(self.output, time.localtime(start))
+        if len(self._names) >= 4:
+            self._names.clear()
+        self._names[(start, end)] = name
+        return name
 
     # --- writing ---------------------------------------------------------------------
 
@@ -97,15 +98,45 @@ class Sink:
         """Queue bytes (or memoryviews) for `path`; written in order by `write`."""
         self._pending.setdefault(path, []).extend(p for p in parts if len(p))
 
-    def write(self) -> Dict[str, int]:
-        """Write what the batch collected; returns the new length of each file written.
+    def write(self) -> None:
+        """Write what was collected (visible at once; durable after `sync`).
 
-        The lengths count as complete only after `confirm` (once they are recorded).
+        Files are opened here; the writes, like the fsyncs in `sync`, run on a
+        small thread pool, a share of the files per thread: a blocked write or
+        fsync is the filesystem's time, not ours, and concurrent fsyncs share a
+        journal commit — with thousands of hosts a batch touches hundreds of
+        files. (syncfs would be one call, but it also flushes whatever else is
+        dirty there, such as a co-located nats-server's store: seconds.)
         """
-        written = {}
-        for path, parts in self._pending.items():
-            self._touched.add(path)
-            fd = self._open(path)
+        items = list(self._pending.items())
+        step = max(1, self.max_open // 2)  # all of a group's files stay open together
+        for i in range(0, len(items), step):
+            jobs = [(path, self._open(path), parts) for path, parts in items[i:i + step]]
+            self._touched.update(path for path, _, _ in jobs)
+            for result in self._parallel(self._write_some, jobs):
+                self._written.update(result)
+        self._pending.clear()
+
+    def sync(self) -> Dict[str, int]:
+        """Make what was written since the last `confirm` durable (SHIPPER_FSYNC);
+        returns the length of each file written, to record before acknowledging."""
+        for _ in self._parallel(self._sync_some, list(self._written)):
+            pass
+        self._created.difference_update(self._written)
+        return dict(self._written)
+
+    def _parallel(self, work, jobs: list):
+        """work(share) over shares of `jobs`, on the pool when there are several."""
+        if len(jobs) <= 1:
+            return [work(jobs)] if jobs else []
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="sink")
+        shares = [jobs[k::WORKER_THREADS] for k in range(min(WORKER_THREADS, len(jobs)))]
+        return list(self._pool.map(work, shares))  # re-raises the first OSError
+
+    def _write_some(self, jobs: List[Tuple[str, int, List[bytes]]]) -> Dict[str, int]:
+        sizes = {}
+        for path, fd, parts in jobs:
             for i in range(0, len(parts), IOV_MAX):
                 group = parts[i:i + IOV_MAX]
                 done = os.writev(fd, group)
@@ -113,47 +144,37 @@ class Sink:
                     rest = b"".join(group)[done:]
                     while rest:
                         rest = rest[os.write(fd, rest):]
-            written[path] = os.fstat(fd).st_size
-        if self.fsync and written:
-            self._flush(list(written))
-        self._created.difference_update(written)
-        self._pending.clear()
-        return written
+            sizes[path] = os.fstat(fd).st_size
+        return sizes
 
-    def _flush(self, paths: List[str]) -> None:
-        """fsync the batch's files (and the directories of new ones). With many
-        files, as thousands of hosts give, several at once: a blocked fsync is
-        the filesystem's time, not ours, and concurrent ones share a journal
-        commit. (syncfs would be one call, but it also flushes whatever else is
-        dirty there — a co-located nats-server's store — and can take seconds.)"""
-        if len(paths) == 1:
-            self._flush_one(paths[0])
-            return
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
-        for _ in self._pool.map(self._flush_one, paths):
-            pass  # re-raises the first OSError
-
-    def _flush_one(self, path: str) -> None:
-        fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
-        if fd is not None:
-            os.fsync(fd)
-        else:  # evicted by a later file of the same batch
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    def _sync_some(self, paths: List[str]) -> None:
+        for path in paths:
+            fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
+            own = fd is None          # evicted since it was written: by name
+            if own:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.fsync(fd)
+                if self.fsync:
+                    os.fsync(fd)
+                if os.fstat(fd).st_nlink == 0:
+                    # Deleted while open (e.g. the host's directory removed): what
+                    # was written went nowhere. Fail; the retry writes a new file.
+                    raise FileNotFoundError(errno.ENOENT, "removed while open", path)
             finally:
-                os.close(fd)
-        if path in self._created:
-            _fsync_directories(path, self.directory)
+                if own:
+                    os.close(fd)
+            if self.fsync and path in self._created:
+                _fsync_directories(path, self.directory)
 
     def confirm(self, lengths: Dict[str, int]) -> None:
         self.lengths.update(lengths)
         self._touched.clear()
+        self._written.clear()
 
     def rollback(self) -> None:
-        """Undo a failed batch: drop what it collected, cut files back."""
+        """Undo everything since the last `confirm`: drop it, cut files back."""
         self._pending.clear()
+        self._written.clear()
         for path in self._touched:
             if path in self.lengths:  # else it was never opened: nothing written
                 self._cut(path, self.lengths[path])
@@ -183,28 +204,42 @@ class Sink:
     def _open(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is not None:
-            if _same_file(path, fd):
-                self._fds.move_to_end(path)
-                return fd
-            # Removed or replaced under us (e.g. the host's directory deleted):
-            # writing on would go to a file nobody can see. Start a new one.
-            log.warning("%s: removed or replaced while open; writing a new file", path)
-            del self._fds[path]
-            os.close(fd)
-            self.lengths[path] = 0
+            self._fds.move_to_end(path)
+            return fd
         while len(self._fds) >= self.max_open:
             _, old = self._fds.popitem(last=False)
             os.close(old)  # committed data was fsynced (or left to the kernel) already
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        if not os.path.exists(path):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            fd = os.open(path, flags | os.O_CREAT, 0o640)
             self._created.add(path)  # its directory entry needs a flush too
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._fds[path] = fd
         if path not in self.lengths:
             self.lengths[path] = os.fstat(fd).st_size
         return fd
+
+    def reserve_descriptors(self, spare: int = 128) -> None:
+        """Raise the soft limit on open files to hold `max_open` outputs (and
+        `spare` more for sockets and state); if the hard limit is lower, keep
+        fewer outputs open rather than fail with EMFILE."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = self.max_open + spare
+        if soft != resource.RLIM_INFINITY and soft < need:
+            target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+            if soft < need:
+                self.max_open = max(16, soft - spare)
+                log.warning("open files limited to %d: keeping at most %d output files open "
+                            "(raise LimitNOFILE to keep more)", soft, self.max_open)
 
     def open_count(self) -> int:
         return len(self._fds)

@@ -36,7 +36,8 @@ def test_write_confirm_and_rollback_cut_back(tmp_path):
     sink = Sink("out.%Y", str(tmp_path), 2, True, 7)
     path = sink.path_for("h", time.time())
     sink.append(path, b"one\n")
-    lengths = sink.write()
+    sink.write()
+    lengths = sink.sync()
     sink.confirm(lengths)
     assert lengths == {path: 4}
     sink.append(path, b"two\n")
@@ -44,7 +45,8 @@ def test_write_confirm_and_rollback_cut_back(tmp_path):
     sink.rollback()
     assert open(path, "rb").read() == b"one\n"
     sink.append(path, b"three\n")
-    sink.confirm(sink.write())
+    sink.write()
+    sink.confirm(sink.sync())
     assert open(path, "rb").read() == b"one\nthree\n"
 
 
@@ -61,7 +63,8 @@ def test_open_files_are_bounded(tmp_path):
     sink = Sink("out", str(tmp_path), 3, False, 7)
     for n in range(20):
         sink.append(sink.path_for(f"host{n}", time.time()), b"x\n")
-    sink.confirm(sink.write())
+    sink.write()
+    sink.confirm(sink.sync())
     assert sink.open_count() == 3
     assert all((tmp_path / f"host{n}" / "out").read_bytes() == b"x\n" for n in range(20))
 
@@ -87,10 +90,17 @@ def test_a_removed_host_directory_is_made_again(tmp_path):
     sink = Sink("out", str(tmp_path), 4, False, 7)
     path = sink.path_for("h", time.time())
     sink.append(path, b"one\n")
-    sink.confirm(sink.write())
+    sink.write()
+    sink.confirm(sink.sync())
     shutil.rmtree(tmp_path / "h")
     sink.append(path, b"two\n")
-    sink.confirm(sink.write())
+    sink.write()
+    with pytest.raises(FileNotFoundError):   # written into the deleted file: the batch fails
+        sink.sync()
+    sink.rollback()
+    sink.append(path, b"two\n")              # its retry
+    sink.write()
+    sink.confirm(sink.sync())
     assert open(path, "rb").read() == b"two\n"
 
 
@@ -99,7 +109,8 @@ def test_fsync_on_writes_every_file(tmp_path, hosts):
     sink = Sink("out", str(tmp_path), 3, True, 7)
     for n in range(hosts):
         sink.append(sink.path_for(f"host{n}", time.time()), b"line\n")
-    lengths = sink.write()
+    sink.write()
+    lengths = sink.sync()
     sink.confirm(lengths)
     assert sorted(lengths.values()) == [5] * hosts
     assert all((tmp_path / f"host{n}" / "out").read_bytes() == b"line\n" for n in range(hosts))
