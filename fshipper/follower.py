@@ -99,6 +99,8 @@ class Follower:
         self._quiet_since = time.monotonic()
         self._finishing = False
         self._waiting_logged = False
+        self._tail = b""  # the last bytes read: to recognise a copytruncate copy
+        self._truncated: Optional[int] = None  # while reading a copy: the truncated file
         self._changed = asyncio.Event()
         self._notifier = None
         self._wm = None
@@ -129,9 +131,10 @@ class Follower:
         if self._notifier is not None:
             self._notifier.stop()
             self._notifier = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in (self.fd, self._truncated):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self._truncated = None
 
     async def wait(self, timeout: float = POLL_SECONDS) -> None:
         """Until inotify reports a change (or `timeout`, as a safety net)."""
@@ -230,6 +233,7 @@ class Follower:
         self._seen[(ref.dev, ref.ino)] = (ref.fp_len, ref.fp_hash)
         self._rotated_at = None
         self._finishing = False
+        self._tail = b""
         self._quiet_since = time.monotonic()
         self._watch_file()
         st = os.fstat(fd)
@@ -301,12 +305,20 @@ class Follower:
         payload, more = wire.frame(body, line_complete=newline >= 0 or self._finishing)
         chunk = Chunk(ref, self.offset, self.offset + len(body), payload, more)
         self.offset = chunk.end
+        self._tail = body[-64:]
         self.last = (ref.gen, chunk.end)
         self._quiet_since = time.monotonic()
         return chunk
 
     def _advance(self, max_bytes: int) -> bool:
         """Nothing complete to read: check for truncation and rotation. True if moved."""
+        if self._truncated is not None:  # the copy is read to its end: on with the file
+            log.info("%s: copy read to byte %d; reading the truncated file from its start",
+                     self._label(), self.offset)
+            os.close(self.fd)
+            fd, self.fd, self._truncated = self._truncated, None, None
+            self._take(fd, self.ref.name or self.base)
+            return True
         st = os.fstat(self.fd)
         if st.st_size < self.offset or (
             self.ref.fp_len and st.st_size >= self.ref.fp_len
@@ -339,11 +351,35 @@ class Follower:
         return True
 
     def _restart_truncated(self, size: int) -> None:
+        copy = self._copy() if self._truncated is None and self.offset else None
+        if copy is not None:
+            # copytruncate: what was written before the copy and not read yet is
+            # in the copy. Read it from there; only the lines written between the
+            # copy and the truncation are in neither file.
+            name, fd = copy
+            log.warning("%s: truncated (copytruncate?) at byte %d; reading the rest from its copy %s first",
+                        self._label(), self.offset, name)
+            self._truncated, self.fd = self.fd, fd
+            self._finishing = True
+            return
         log.warning("%s: size %d is below position %d or its first bytes changed: truncated "
                     "(copytruncate?); reading it again from the start", self._label(), size, self.offset)
         fd = self.fd
         self.fd = None
         self._take(fd, self.ref.name or self.base)
+
+    def _copy(self) -> Optional[Tuple[str, int]]:
+        """A sibling that copytruncate made of the current file, opened: same first
+        bytes, the bytes just before our position, and more after it."""
+        ref, tail, chosen = self.ref, self._tail, None
+        for name, st, fd in reversed(self._candidates()):  # the newest first
+            if chosen is None and (st.st_dev, st.st_ino) != (ref.dev, ref.ino) and st.st_size > self.offset \
+                    and _fingerprint(fd, ref.fp_len) == ref.fp_hash \
+                    and os.pread(fd, len(tail), self.offset - len(tail)) == tail:
+                chosen = (name, fd)
+            else:
+                os.close(fd)
+        return chosen
 
     def _successor(self) -> Optional[Tuple[str, os.stat_result, int]]:
         """The next file to follow once the current one is done, opened; or None."""
