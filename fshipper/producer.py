@@ -53,6 +53,8 @@ async def _first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -
         await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+    if task.done() and not task.cancelled():
+        task.exception()  # the caller reads the outcome from `aw`; unread, asyncio logs an error
     return task.done()
 
 
