@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_BYTES = 256
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".z", ".zip")
 POLL_SECONDS = 1.0
+SEEN_MAX = 256  # files remembered as followed (far more than any rotation keeps)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Chunk:
     ref: FileRef
     start: int
     end: int
-    payload: bytes
+    payload: memoryview  # the lines without their final newline
     more: bool
 
     def position(self, origin: str) -> wire.Position:
@@ -202,7 +203,13 @@ class Follower:
 
     def _mark_seen(self, st: os.stat_result, fd: int) -> None:
         fp_len = min(st.st_size, FINGERPRINT_BYTES)
-        self._seen[(st.st_dev, st.st_ino)] = (fp_len, _fingerprint(fd, fp_len))
+        self._remember((st.st_dev, st.st_ino), fp_len, _fingerprint(fd, fp_len))
+
+    def _remember(self, key: Tuple[int, int], fp_len: int, fp_hash: str) -> None:
+        self._seen.pop(key, None)
+        self._seen[key] = (fp_len, fp_hash)
+        while len(self._seen) > SEEN_MAX:
+            del self._seen[next(iter(self._seen))]  # the oldest
 
     def _candidates(self) -> List[Tuple[str, os.stat_result, int]]:
         """The live file and its rotated siblings, oldest first, each opened."""
@@ -230,7 +237,7 @@ class Follower:
 
     def _adopt(self, fd: int, path: str, ref: FileRef, offset: int) -> None:
         self.fd, self.ref, self.offset = fd, ref, offset
-        self._seen[(ref.dev, ref.ino)] = (ref.fp_len, ref.fp_hash)
+        self._remember((ref.dev, ref.ino), ref.fp_len, ref.fp_hash)
         self._rotated_at = None
         self._finishing = False
         self._tail = b""
@@ -294,18 +301,23 @@ class Follower:
         if ref.fp_len < FINGERPRINT_BYTES and self.offset + len(data) > ref.fp_len:
             ref.fp_len = min(self.offset + len(data), FINGERPRINT_BYTES)
             ref.fp_hash = _fingerprint(self.fd, ref.fp_len)
-            self._seen[(ref.dev, ref.ino)] = (ref.fp_len, ref.fp_hash)
+            self._remember((ref.dev, ref.ino), ref.fp_len, ref.fp_hash)
         newline = data.rfind(b"\n")
-        if newline >= 0:
-            body = data if newline == len(data) - 1 else data[:newline + 1]
-        elif len(data) == max_bytes or self._finishing:
-            body = data  # part of a long line, or the last line of a finished file
+        view = memoryview(data)  # payloads are slices of the read: no copy
+        if newline >= 0:  # whole lines; the final newline is implied by the format
+            length, payload, more = newline + 1, view[:newline], False
+        elif self._finishing and self.offset + len(data) >= os.fstat(self.fd).st_size:
+            length, payload, more = len(data), view, False  # the last line of a finished file
+        elif len(data) == max_bytes:
+            # Part of a line longer than a message. One byte stays behind, so the
+            # line's last part is never sent before its end is known: a file that
+            # is rotated away ends its last line with a newline, part or not.
+            length, payload, more = len(data) - 1, view[:-1], True
         else:
             return None  # an incomplete line: held until its newline comes
-        payload, more = wire.frame(body, line_complete=newline >= 0 or self._finishing)
-        chunk = Chunk(ref, self.offset, self.offset + len(body), payload, more)
+        chunk = Chunk(ref, self.offset, self.offset + length, payload, more)
         self.offset = chunk.end
-        self._tail = body[-64:]
+        self._tail = data[max(0, length - 64):length]
         self.last = (ref.gen, chunk.end)
         self._quiet_since = time.monotonic()
         return chunk
@@ -389,20 +401,24 @@ class Follower:
                 return None  # still the live file
         except FileNotFoundError:
             pass
-        live = set()
         chosen = None
         for name, cst, fd in self._candidates():
             key = (cst.st_dev, cst.st_ino)
-            live.add(key)
-            seen = self._seen.get(key)
-            already = key == (self.ref.dev, self.ref.ino) or (
-                seen is not None and cst.st_size >= seen[0] and _fingerprint(fd, seen[0]) == seen[1])
-            if chosen is None and not already:
+            if chosen is None and key != (self.ref.dev, self.ref.ino) and not self._was_seen(key, cst, fd):
                 chosen = (name, cst, fd)
             else:
                 os.close(fd)
-        for key in list(self._seen):
-            if key not in live:
-                del self._seen[key]  # gone: its inode may be reused by a new file
         return chosen
+
+    def _was_seen(self, key: Tuple[int, int], st: os.stat_result, fd: int) -> bool:
+        """Followed already? Same inode *and* same first bytes: a deleted file's
+        inode is reused by new files, and a listing can miss a file mid-rename,
+        so entries are never dropped for being absent once, only by age."""
+        seen = self._seen.get(key)
+        if seen is None:
+            return False
+        fp_len, fp_hash = seen
+        if fp_len == 0:
+            return st.st_size == 0  # seen empty: a file with data under that inode is new
+        return st.st_size >= fp_len and _fingerprint(fd, fp_len) == fp_hash
 

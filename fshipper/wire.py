@@ -109,18 +109,6 @@ def read_headers(hdrs: Optional[Mapping[str, str]]) -> Tuple[Optional[Position],
     return pos, hdrs.get(HDR_PART) == PART_MORE
 
 
-def frame(chunk: bytes, line_complete: bool) -> Tuple[bytes, bool]:
-    """Payload and `more` flag for file bytes `chunk`.
-
-    A chunk ending in a newline drops that newline (the consumer adds it back).
-    A chunk that is not a whole line (`line_complete` False) is sent as is with
-    `more`; a final line without newline (file rotated away) is sent as a line.
-    """
-    if chunk.endswith(b"\n"):
-        return chunk[:-1], False
-    return chunk, not line_complete
-
-
 def unframe(payload: bytes, more: bool) -> bytes:
     """The bytes a consumer appends to its file for one message."""
-    return payload if more else payload + b"\n"
+    return bytes(payload) if more else bytes(payload) + b"\n"

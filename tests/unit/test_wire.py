@@ -44,13 +44,6 @@ def test_subject_keeps_the_dots_of_the_host():
     assert wire.parse_subject("logs.prod", "logs.prod.p12.h") == (12, "h")
 
 
-def test_frame_strips_only_the_final_newline_and_keeps_cr():
-    assert wire.frame(b"a\r\nb\n", line_complete=True) == (b"a\r\nb", False)
-    assert wire.frame(b"\n", line_complete=True) == (b"", False)          # one empty line
-    assert wire.frame(b"partial", line_complete=False) == (b"partial", True)
-    assert wire.frame(b"last line", line_complete=True) == (b"last line", False)
-
-
 def test_unframe_adds_the_newline_back_except_for_parts():
     assert wire.unframe(b"a\r\nb", False) == b"a\r\nb\n"
     assert wire.unframe(b"part", True) == b"part"
