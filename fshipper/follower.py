@@ -197,9 +197,35 @@ class Follower:
             if name != self.base:
                 self._mark_seen(st, fd)
             os.close(fd)
+        if offset and self._resume_from_copy(ref, offset):
+            return
         log.warning("%s: the file last read (inode %d, byte %d) is gone (compressed or deleted?); "
                     "starting the current file from its beginning", self.path, ref.ino, offset)
         self._open_path()
+
+    def _resume_from_copy(self, ref: FileRef, offset: int) -> bool:
+        """Truncated while stopped (copytruncate): finish its copy, then the file."""
+        self.ref, self.offset = ref, offset
+        copy = self._copy()
+        if copy is None:
+            self.ref, self.offset = None, 0
+            return False
+        name, fd = copy
+        self._adopt(fd, os.path.join(self.directory, name), ref, offset)
+        self._finishing = True
+        try:
+            live = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            live = None
+        if live is not None:
+            st = os.fstat(live)
+            if (st.st_dev, st.st_ino) == (ref.dev, ref.ino):
+                self._truncated = live  # taken up from its start once the copy is done
+            else:
+                os.close(live)
+        log.info("%s was truncated while stopped (copytruncate?): finishing its copy %s from byte %d first",
+                 self.path, name, offset)
+        return True
 
     def _mark_seen(self, st: os.stat_result, fd: int) -> None:
         fp_len = min(st.st_size, FINGERPRINT_BYTES)
