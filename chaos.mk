@@ -5,5 +5,5 @@
 CHAOS_REPORT ?= chaos-report.md
 
 chaos: $(STAMP)
-	CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) $(PY) -m pytest -m chaos_long -p no:cacheprovider $(PYTEST_ARGS) tests/chaos
+	CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) $(PY) -m pytest -m chaos_long $(PYTEST_ARGS) tests/chaos
 	@cat $(CHAOS_REPORT)

@@ -15,19 +15,25 @@ def clean(result: dict) -> bool:
     return result["lost"] == result["duplicated"] == result["reordered"] == 0
 
 
+def _kill_producer_midway(p, chaos, part: int) -> int:
+    """Write `part` lines, ship them, kill -9 the producer at a random moment
+    on the way; returns the next line number."""
+    n = append_numbered(p.log, 1, part, LINE_WIDTH)
+    p.consumer.start()
+    p.producer.start()
+    goal = chaos.rng.uniform(0.2, 0.8) * part * LINE_WIDTH
+    wait_until(lambda: p.output_files() and len(p.output()) >= goal, 60, lambda: f"some lines out\n{p.logs()}")
+    p.producer.stop(kill=True)
+    return n
+
+
 def test_producer_down_while_the_file_rotates_three_times(pipeline, chaos):
     """kill -9 of the producer half-way through the file; while it is down the
     file grows, is rotated (create) three times and each new file grows; at the
     restart it finishes app.log.3 from its position, then .2, .1 and app.log."""
     part = chaos.pick(10_000, 100_000)
     p = pipeline()
-    n = append_numbered(p.log, 1, part, LINE_WIDTH)
-    p.consumer.start()
-    p.producer.start()
-    # A moment at random while the first part is on its way.
-    goal = chaos.rng.uniform(0.2, 0.8) * part * LINE_WIDTH
-    wait_until(lambda: p.output_files() and len(p.output()) >= goal, 60, lambda: f"some lines out\n{p.logs()}")
-    p.producer.stop(kill=True)
+    n = _kill_producer_midway(p, chaos, part)
     rotator = Rotator(p.log, 0, "create")
     for _ in range(3):
         n = append_numbered(p.log, n, part // 2, LINE_WIDTH)   # the file grows while down
@@ -41,6 +47,25 @@ def test_producer_down_while_the_file_rotates_three_times(pipeline, chaos):
                       timeout=chaos.pick(60, 180))
     assert clean(result), chaos.why(result, p.logs())
     assert "finishing it from byte" in p.producer.tail(100_000), p.logs()
+
+
+def test_producer_down_during_copytruncate_loses_nothing(pipeline, chaos):
+    """kill -9 of the producer half-way through the file; while it is down
+    logrotate copytruncate copies and truncates the file, which then grows again.
+    No line is written between the copy and the truncation, so none may be lost:
+    the producer finishes the copy from its position, then the file from byte 0."""
+    part = chaos.pick(10_000, 100_000)
+    p = pipeline()
+    n = _kill_producer_midway(p, chaos, part)
+    n = append_numbered(p.log, n, part // 2, LINE_WIDTH)
+    rotator = Rotator(p.log, 0, "copytruncate")
+    rotator.rotate()
+    rotator.check()
+    n = append_numbered(p.log, n, part // 2, LINE_WIDTH)
+    p.producer.start()
+    result = conclude(p, range(1, n), chaos, "producer kill -9, copytruncate while down", timeout=chaos.pick(60, 180))
+    assert clean(result), chaos.why(result, p.logs())
+    assert "finishing its copy" in p.producer.tail(100_000), p.logs()
 
 
 def test_copytruncate_under_load_duplicates_nothing(pipeline, chaos):
