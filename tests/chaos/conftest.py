@@ -22,10 +22,6 @@ ROWS = []
 COLUMNS = ("fault", "scale", "lines", "lost", "duplicated", "reordered", "seed", "wall s", "notes")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "chaos_long: the long version of a chaos test (make chaos)")
-
-
 def pytest_collection_modifyitems(config, items):
     if "chaos_long" in (config.getoption("markexpr") or "") or os.environ.get("CHAOS_LONG") == "1":
         return

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import nats
+import nats.errors
+
+from fshipper import wire
 
 from harness import NatsServer, free_port, numbered_line, verdict, wait_until
 
@@ -211,16 +214,32 @@ def wait_for_jetstream(url: str, timeout: float = 60) -> None:
     wait_until(lambda: asyncio.run(ask()), timeout, f"a JetStream meta leader at {url}", interval=0.5)
 
 
-async def _stream_state(url: str, stream: str):
-    nc = await nats.connect(url.split(","), connect_timeout=2, allow_reconnect=False)
-    try:
-        return (await nc.jetstream(timeout=5).stream_info(stream)).state
-    finally:
-        await nc.close()
+def stored_twice(url: str, subject: str = "shipper.>") -> int:
+    """Bytes of file ranges that the stream holds more than once (re-published
+    after the duplicate window): what the consumer had to recognise itself."""
 
+    async def scan() -> int:
+        nc = await nats.connect(url.split(","), connect_timeout=2, allow_reconnect=False)
+        try:
+            sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+            covered: Dict[Tuple[str, int], int] = {}
+            twice = 0
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=5)
+                except nats.errors.TimeoutError:
+                    return twice
+                pos, _ = wire.read_headers(msg.headers)
+                if pos is not None:
+                    reached = covered.get((pos.origin, pos.gen), 0)
+                    twice += max(0, min(pos.end, reached) - pos.start)
+                    covered[(pos.origin, pos.gen)] = max(reached, pos.end)
+                if msg.metadata.num_pending == 0:
+                    return twice
+        finally:
+            await nc.close()
 
-def stream_messages(url: str, stream: str = "SHIPPER") -> int:
-    return asyncio.run(_stream_state(url, stream)).messages
+    return asyncio.run(scan())
 
 
 # --- schedules and probes ------------------------------------------------------------
