@@ -21,12 +21,14 @@ from nats.aio.msg import Msg
 from . import connection, streams, wire
 from .config import Settings
 from .ledger import DUPLICATE, EARLY, WRITE, Ledger
+from .puller import Puller
 from .sink import Sink, safe_host
 from .util import Backoff
 
 log = logging.getLogger(__name__)
 
-FETCH_WAIT = 1.0        # seconds a fetch waits for messages (also bounds stop latency)
+FETCH_WAIT = 1.0        # seconds a pull request waits for messages (also bounds stop latency)
+FETCH_BYTES = 8 << 20   # bytes one pull request may bring: bounds memory whatever the message size
 EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
 
 
@@ -57,7 +59,6 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         self.ledger.load()
         self.sink.restore(self.ledger.files)
-        self.ledger.prune(time.time(), os.path.exists)
         if self.settings.shipper_directory:
             os.makedirs(self.settings.shipper_directory, exist_ok=True)
         self.ready()
@@ -70,14 +71,14 @@ class Consumer:
                 return
             self.nc = connecting.result()
             if self.jetstream:
-                js = self.nc.jetstream()
-                await self._ensure_streams(js, stop)
-                serve = [self._serve(js, n, stop) for n in self.settings.shipper_read_partitions]
+                await self._ensure_streams(self.nc.jetstream(), stop)
+                serve = [self._serve(n, stop) for n in self.settings.shipper_read_partitions]
             else:
                 serve = [self._serve_core(n, stop) for n in self.settings.shipper_read_partitions]
             await asyncio.gather(*serve)
         finally:
             self.sink.close()
+            self.ledger.close()
             await connection.close(self.nc)
             c = self.counters
             log.info("stopped: %d messages, %d bytes written, %d duplicates skipped, %d refused, %d gaps",
@@ -98,50 +99,36 @@ class Consumer:
                 except asyncio.TimeoutError:
                     pass
 
-    async def _serve(self, js, number: int, stop: asyncio.Event) -> None:
+    async def _serve(self, number: int, stop: asyncio.Event) -> None:
         name = streams.consumer_name(self.settings, number)
-        sub = None
-        ahead: Optional[asyncio.Future] = None  # the next batch, asked for while this one is written
+        puller = Puller(self.nc, self.settings.stream, name, self.settings.shipper_fetch_batch,
+                        FETCH_BYTES, FETCH_WAIT)
+        await puller.start()
+        log.info("partition %d: consuming %s", number, name)
         backoff = Backoff(first=0.5, cap=30.0)
-        while not stop.is_set():
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(consumer=name, stream=self.settings.stream)
-                    log.info("partition %d: consuming %s", number, name)
-                fetching = ahead or asyncio.ensure_future(self._fetch(sub))
-                ahead = None
-                msgs = await fetching
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                self._housekeeping()
-                continue
-            except (nats.errors.Error, OSError) as e:
-                delay = backoff.next_delay()
-                log.warning("partition %d: fetch failed (%s); retry in %.1fs", number, str(e) or type(e).__name__, delay)
-                await _sleep(delay, stop)
-                continue
-            ahead = asyncio.ensure_future(self._fetch(sub))
-            for _ in range(3):  # let the request leave before the loop is busy writing
-                await asyncio.sleep(0)
-            delay = await self._handle(number, msgs, backoff)
-            if delay:
-                await self._give_back(ahead, delay)  # never write it ahead of the batch retried
-                ahead = None
-                await _sleep(delay, stop)
-            self._housekeeping()
-        if ahead is not None:
-            await self._give_back(ahead, 0)
-
-    async def _fetch(self, sub) -> List[Msg]:
-        return await sub.fetch(self.settings.shipper_fetch_batch, timeout=FETCH_WAIT)
-
-    async def _give_back(self, fetching: asyncio.Future, delay: float) -> None:
-        """Return a fetched, unwritten batch for redelivery (after `delay`)."""
         try:
-            msgs = await fetching
-        except (asyncio.TimeoutError, nats.errors.Error, OSError):
-            return
-        for msg in msgs:
-            await _reply(msg.nak(delay=delay or None))
+            while not stop.is_set():
+                try:
+                    msgs = await puller.fetch()
+                except nats.errors.TimeoutError:
+                    self._housekeeping()
+                    continue
+                except (nats.errors.Error, OSError) as e:
+                    delay = backoff.next_delay()
+                    log.warning("partition %d: fetch failed (%s); retry in %.1fs",
+                                number, str(e) or type(e).__name__, delay)
+                    await _sleep(delay, stop)
+                    continue
+                delay = await self._handle(number, msgs, backoff)
+                if delay:
+                    # Pause. What the open request still brings meanwhile goes back
+                    # too: nothing later may be written ahead of the retried batch.
+                    for msg in await puller.hold(delay, stop):
+                        await _reply(msg.nak(delay=delay))
+                self._housekeeping()
+        finally:
+            for msg in await puller.stop():  # arrived, not written: at once to the next consumer
+                await _reply(msg.nak())
 
     async def _serve_core(self, number: int, stop: asyncio.Event) -> None:
         """Plain NATS, at most once (the original design): no acks, no redelivery."""

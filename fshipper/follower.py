@@ -150,21 +150,22 @@ class Follower:
 
     def _watch_directory(self) -> None:
         pyinotify = self._pyinotify
-        mask = (pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
-                | pyinotify.IN_DELETE | pyinotify.IN_MODIFY | pyinotify.IN_CLOSE_WRITE)
+        # Names only: writes come through the file's own watch, and in a busy
+        # directory (/var/log) IN_MODIFY would wake us for every other log too.
+        mask = pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM | pyinotify.IN_DELETE
         result = self._wm.add_watch(self.directory, mask, quiet=True)
         self._dir_wd = result.get(self.directory, -1)
         if self._dir_wd < 0:
             log.warning("%s: cannot watch the directory yet; checking every %.0fs", self.directory, POLL_SECONDS)
 
-    def _watch_file(self) -> None:
+    def _watch_file(self, path: str) -> None:
         pyinotify = self._pyinotify
         if self._file_wd is not None and self._file_wd >= 0:
             self._wm.rm_watch(self._file_wd, quiet=True)
         mask = pyinotify.IN_MODIFY | pyinotify.IN_MOVE_SELF | pyinotify.IN_DELETE_SELF | pyinotify.IN_ATTRIB
         # By path, so it can name another inode if the file was replaced this
         # instant; the directory watch and the periodic check cover that case.
-        self._file_wd = self._wm.add_watch(self.path, mask, quiet=True).get(self.path, -1)
+        self._file_wd = self._wm.add_watch(path, mask, quiet=True).get(path, -1)
 
     # --- where to begin --------------------------------------------------------
 
@@ -268,7 +269,7 @@ class Follower:
         self._finishing = False
         self._tail = b""
         self._quiet_since = time.monotonic()
-        self._watch_file()
+        self._watch_file(path)
         st = os.fstat(fd)
         if st.st_size < offset:
             self._restart_truncated(st.st_size)

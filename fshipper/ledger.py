@@ -1,41 +1,88 @@
 """The consumer's record of what it has written: per producer, the last byte range;
-per output file, the length that is complete. Saved atomically after each batch's
-writes and before its acknowledgements, so a message seen again — a redelivery
-after a crash, a producer's re-publish after the duplicate window — is recognised.
+per output file, the length that is complete. Saved after each batch's writes and
+before its acknowledgements, so a message seen again — a redelivery after a crash,
+a producer's re-publish after the duplicate window — is recognised.
+
+Two files in SHIPPER_STATE_DIR: `<name>.ledger`, a snapshot replaced atomically,
+and `<name>.journal`, one JSON line per batch (what changed), fsynced. A batch
+costs what it changed, not the number of hosts ever seen; the journal is folded
+into the snapshot once it grows. Every line holds absolute values, so replaying
+the whole journal over a snapshot that already has it changes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .util import atomic_write
 from .wire import Position
 
+log = logging.getLogger(__name__)
+
 WRITE, DUPLICATE, EARLY = "write", "duplicate", "early"
-FORGET_AFTER = 30 * 86400  # a producer silent this long is forgotten
+FORGET_AFTER = 30 * 86400   # a producer silent this long is forgotten
+JOURNAL_MAX = 4 << 20       # bytes of journal before it is folded into the snapshot
+
+
+class LedgerError(Exception):
+    pass
 
 
 class Ledger:
     def __init__(self, state_dir: str, name: str) -> None:
         self.path = os.path.join(state_dir, f"{name}.ledger")
+        self.journal_path = os.path.join(state_dir, f"{name}.journal")
         self.sources: Dict[str, list] = {}   # "host origin" -> [gen, end, unix time]
         self.files: Dict[str, int] = {}      # output path -> complete length
         self._pending: Dict[str, list] = {}
+        self._journal: Optional[int] = None
+        self._journal_size = 0
 
-    def load(self) -> None:
+    # --- loading ---------------------------------------------------------------------
+
+    def load(self, existing_file: Callable[[str], bool] = os.path.exists) -> None:
+        """Read snapshot and journal; forget stale entries; start a fresh journal."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
+            self.sources = {k: list(v) for k, v in data.get("sources", {}).items()}
+            self.files = {k: int(v) for k, v in data.get("files", {}).items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, AttributeError, TypeError) as e:
+            raise LedgerError(f"{self.path}: unreadable ledger ({e}); move it away to start over "
+                              "(lines still in the stream may then be written twice)") from None
+        self._replay()
+        now = time.time()
+        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
+        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
+        self._fold()
+
+    def _replay(self) -> None:
+        try:
+            with open(self.journal_path, "rb") as f:
+                lines = f.read().split(b"\n")
         except FileNotFoundError:
             return
-        except ValueError as e:
-            raise ValueError(f"{self.path}: unreadable ledger ({e}); move it away to start over") from None
-        self.sources = {k: list(v) for k, v in data.get("sources", {}).items()}
-        self.files = {k: int(v) for k, v in data.get("files", {}).items()}
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+                self.sources.update(entry["s"])
+                self.files.update(entry["f"])
+            except (ValueError, KeyError, TypeError):
+                if number == len(lines):
+                    break  # torn by a crash mid-write: that batch was never acknowledged
+                raise LedgerError(f"{self.journal_path}:{number}: unreadable; move the ledger and "
+                                  "its journal away to start over") from None
+
+    # --- deciding --------------------------------------------------------------------
 
     def check(self, host: str, pos: Position) -> Tuple[str, int]:
         """WRITE (with how many leading bytes were written already), DUPLICATE or EARLY.
@@ -59,31 +106,51 @@ class Ledger:
     def advance(self, host: str, pos: Position) -> None:
         self._pending[f"{host} {pos.origin}"] = [pos.gen, pos.end, int(time.time())]
 
-    def gap(self, host: str, pos: Position) -> Optional[Tuple[int, int]]:
-        """(gen, end) written last for this producer, to describe a gap."""
-        last = self._pending.get(f"{host} {pos.origin}") or self.sources.get(f"{host} {pos.origin}")
-        return (last[0], last[1]) if last else None
+    # --- recording -------------------------------------------------------------------
 
     def commit(self, lengths: Dict[str, int]) -> None:
+        """Record the batch durably; on failure nothing changes (and it raises)."""
         if not self._pending and not lengths:
             return
-        sources = {**self.sources, **self._pending}
-        files = {**self.files, **lengths}
-        self._save(sources, files)  # only then does memory move on: a failed save changes nothing
-        self.sources, self.files = sources, files
+        line = json.dumps({"s": self._pending, "f": lengths}, separators=(",", ":")).encode() + b"\n"
+        if self._journal is None:
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            self._journal_size = os.fstat(self._journal).st_size
+        try:
+            written = os.write(self._journal, line)
+            if written != len(line):
+                raise OSError(f"short write to {self.journal_path}")
+            os.fdatasync(self._journal)
+        except OSError:
+            try:
+                os.ftruncate(self._journal, self._journal_size)  # no torn line before the next one
+            except OSError:
+                pass
+            raise
+        self._journal_size += len(line)
+        self.sources.update(self._pending)
+        self.files.update(lengths)
         self._pending.clear()
+        if self._journal_size > JOURNAL_MAX:
+            try:
+                self._fold()
+            except OSError as e:  # the journal still holds everything: retried next time
+                log.warning("%s: cannot fold the journal into the snapshot yet: %s", self.path, e)
 
     def rollback(self) -> None:
         self._pending.clear()
 
-    def save(self) -> None:
-        self._save(self.sources, self.files)
-
-    def _save(self, sources: Dict[str, list], files: Dict[str, int]) -> None:
-        data = {"version": 1, "sources": sources, "files": files}
+    def _fold(self) -> None:
+        """Write the snapshot, then empty the journal (a crash between is harmless)."""
+        data = {"version": 1, "sources": self.sources, "files": self.files}
         atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
+        if self._journal is None:
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        os.ftruncate(self._journal, 0)
+        os.fsync(self._journal)
+        self._journal_size = 0
 
-    def prune(self, now: float, existing_file) -> None:
-        """Forget producers silent for long and files that no longer exist."""
-        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
-        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
+    def close(self) -> None:
+        if self._journal is not None:
+            os.close(self._journal)
+            self._journal = None

@@ -55,9 +55,17 @@ class PositionStore:
         return ref, offset
 
     def update(self, ref: FileRef, offset: int) -> None:
-        """Record an acknowledged position; written at most every `min_interval`."""
+        """Record an acknowledged position; written at most every `min_interval`
+        (a crash re-sends at most that much, and the server drops the repeats)."""
         self._pending = (ref, offset)
-        if time.monotonic() - self._last_write >= self.min_interval:
+        self.flush_due()
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def flush_due(self) -> None:
+        if self._pending is not None and time.monotonic() - self._last_write >= self.min_interval:
             self.flush()
 
     def flush(self) -> None:

@@ -19,7 +19,7 @@ import nats.js.errors
 
 from . import connection, wire
 from .config import Settings
-from .follower import Chunk, Follower
+from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
 from .util import Backoff
 
@@ -107,8 +107,7 @@ class Producer:
                 await self._recover(js, stop, e)
                 continue
             if not self.window:
-                self.store.flush()
-                await _first(self.follower.wait(), stop, None)
+                await self._idle(stop)
                 continue
             head = self.window[0]
             if not await _first(asyncio.shield(head.future), stop, ACK_TIMEOUT):
@@ -134,6 +133,14 @@ class Producer:
     async def _publish(self, js, chunk: Chunk) -> "asyncio.Future":
         hdrs = wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
         return await js.publish_async(self.subject, chunk.payload, headers=hdrs)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Nothing to send: wait for the file to change. A confirmed position not
+        yet on disk is written once no line came for its interval (not after
+        every line: that would put two fsyncs in each line's path)."""
+        self.store.flush_due()
+        timeout = self.store.min_interval if self.store.pending else POLL_SECONDS
+        await _first(self.follower.wait(timeout), stop, None)
 
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
@@ -209,5 +216,4 @@ class Producer:
                 self.store.update(pending[-1].ref, pending[-1].end)
                 pending.clear()
             if chunk is None:
-                self.store.flush()
-                await _first(self.follower.wait(), stop, None)
+                await self._idle(stop)

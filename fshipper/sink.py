@@ -9,6 +9,7 @@ half-written line or a repeated one behind.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import glob
 import logging
 import os
@@ -21,6 +22,18 @@ log = logging.getLogger(__name__)
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
 _SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
+FSYNC_THREADS = 16  # files flushed at once: the filesystem commits them together
+
+
+def _fsync_directories(path: str, top: Optional[str]) -> None:
+    """Flush the directory entries of a new file (and of a new host directory)."""
+    parent = os.path.dirname(path)
+    for directory in (parent, os.path.dirname(parent)) if top and parent != top else (parent,):
+        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def safe_host(host: str) -> bool:
@@ -60,6 +73,8 @@ class Sink:
         self._fds: "collections.OrderedDict[str, int]" = collections.OrderedDict()
         self._pending: Dict[str, List[bytes]] = {}
         self._touched: set = set()
+        self._created: set = set()
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._names: Dict[float, str] = {}
 
     # --- naming ----------------------------------------------------------------------
@@ -98,11 +113,39 @@ class Sink:
                     rest = b"".join(group)[done:]
                     while rest:
                         rest = rest[os.write(fd, rest):]
-            if self.fsync:
-                os.fsync(fd)  # before the next open can evict this descriptor
             written[path] = os.fstat(fd).st_size
+        if self.fsync and written:
+            self._flush(list(written))
+        self._created.difference_update(written)
         self._pending.clear()
         return written
+
+    def _flush(self, paths: List[str]) -> None:
+        """fsync the batch's files (and the directories of new ones). With many
+        files, as thousands of hosts give, several at once: a blocked fsync is
+        the filesystem's time, not ours, and concurrent ones share a journal
+        commit. (syncfs would be one call, but it also flushes whatever else is
+        dirty there — a co-located nats-server's store — and can take seconds.)"""
+        if len(paths) == 1:
+            self._flush_one(paths[0])
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+        for _ in self._pool.map(self._flush_one, paths):
+            pass  # re-raises the first OSError
+
+    def _flush_one(self, path: str) -> None:
+        fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
+        if fd is not None:
+            os.fsync(fd)
+        else:  # evicted by a later file of the same batch
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if path in self._created:
+            _fsync_directories(path, self.directory)
 
     def confirm(self, lengths: Dict[str, int]) -> None:
         self.lengths.update(lengths)
@@ -155,6 +198,8 @@ class Sink:
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
+        if not os.path.exists(path):
+            self._created.add(path)  # its directory entry needs a flush too
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._fds[path] = fd
         if path not in self.lengths:
@@ -167,6 +212,9 @@ class Sink:
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     # --- expiry ----------------------------------------------------------------------
 

@@ -27,12 +27,13 @@ def test_next_file_follows_only_from_the_recorded_end(tmp_path):
 
 def test_commit_persists_and_a_failed_batch_is_forgotten(tmp_path):
     ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
     ledger.advance("h", P(0, 0, 10))
     ledger.commit({"/out/h/app": 11})
     ledger.advance("h", P(0, 10, 20))
     ledger.rollback()
     again = Ledger(str(tmp_path), "consumer")
-    again.load()
+    again.load(existing_file=lambda p: True)
     assert again.files == {"/out/h/app": 11}
     assert again.check("h", P(0, 10, 20)) == (WRITE, 0)
     assert again.check("h", P(0, 0, 10)) == (DUPLICATE, 0)
@@ -49,3 +50,45 @@ def test_a_failed_save_changes_nothing_in_memory(tmp_path):
         raise AssertionError("saving into a missing directory must fail")
     ledger.rollback()
     assert ledger.check("h", P(0, 0, 10)) == (WRITE, 0) and ledger.files == {}
+
+
+def test_the_journal_is_replayed_and_a_torn_last_line_ignored(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    for n in range(3):
+        ledger.advance("h", P(0, n * 10, n * 10 + 10))
+        ledger.commit({"/out/h/app": n * 11 + 11})
+    ledger.close()
+    with open(tmp_path / "consumer.journal", "ab") as f:
+        f.write(b'{"s":{"h o1":[0,99')   # a crash in the middle of a write
+    again = Ledger(str(tmp_path), "consumer")
+    again.load(existing_file=lambda p: True)
+    assert again.files == {"/out/h/app": 33}
+    assert again.check("h", P(0, 20, 30)) == (DUPLICATE, 0)
+    assert again.check("h", P(0, 30, 40)) == (WRITE, 0)
+    assert (tmp_path / "consumer.journal").stat().st_size == 0   # folded into the snapshot
+
+
+def test_a_corrupt_line_in_the_middle_is_an_error(tmp_path):
+    import pytest
+
+    from fshipper.ledger import LedgerError
+
+    (tmp_path / "consumer.journal").write_bytes(b'garbage\n{"s":{},"f":{}}\n')
+    with pytest.raises(LedgerError, match="consumer.journal:1"):
+        Ledger(str(tmp_path), "consumer").load()
+
+
+def test_the_journal_is_folded_when_it_grows(tmp_path, monkeypatch):
+    import fshipper.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "JOURNAL_MAX", 200)
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    for n in range(20):
+        ledger.advance(f"h{n}", P(0, 0, 10))
+        ledger.commit({f"/out/h{n}/app": 11})
+    assert (tmp_path / "consumer.journal").stat().st_size <= 200
+    again = Ledger(str(tmp_path), "consumer")
+    again.load(existing_file=lambda p: True)
+    assert len(again.files) == 20 and all(again.check(f"h{n}", P(0, 0, 10))[0] == DUPLICATE for n in range(20))

@@ -92,3 +92,14 @@ def test_a_removed_host_directory_is_made_again(tmp_path):
     sink.append(path, b"two\n")
     sink.confirm(sink.write())
     assert open(path, "rb").read() == b"two\n"
+
+
+@pytest.mark.parametrize("hosts", [1, 10])   # an fsync per file, or one syncfs for many
+def test_fsync_on_writes_every_file(tmp_path, hosts):
+    sink = Sink("out", str(tmp_path), 3, True, 7)
+    for n in range(hosts):
+        sink.append(sink.path_for(f"host{n}", time.time()), b"line\n")
+    lengths = sink.write()
+    sink.confirm(lengths)
+    assert sorted(lengths.values()) == [5] * hosts
+    assert all((tmp_path / f"host{n}" / "out").read_bytes() == b"line\n" for n in range(hosts))
