@@ -331,6 +331,10 @@ def apply(faults: Sequence[Fault], started: float, kill: Dict[str, Callable[[], 
         start[fault.target]()
 
 
+def clean(result: Dict[str, int]) -> bool:
+    return result["lost"] == result["duplicated"] == result["reordered"] == 0
+
+
 def conclude(pipeline, numbers: Sequence[int], run, fault: str, timeout: float, notes: str = "",
              width: int = LINE_WIDTH, quiet: Optional[float] = None) -> Dict[str, int]:
     """Wait for the output, count lost, duplicated and reordered lines, record the row."""

@@ -3,16 +3,11 @@ logrotate; a producer down past the duplicate window; a NATS cluster losing
 nodes; a long NATS outage with the producer's memory watched."""
 
 import shutil
-import signal
 import time
 
-from faults import (LINE_WIDTH, MemoryProbe, NatsCluster, Rotator, Writer, apply, conclude,
-                    schedule, stored_twice)
+from faults import (MemoryProbe, NatsCluster, Rotator, Writer, apply, clean, conclude, schedule,
+                    stored_twice)
 from harness import append_numbered, wait_until
-
-
-def clean(result: dict) -> bool:
-    return result["lost"] == result["duplicated"] == result["reordered"] == 0
 
 
 def test_kill_everything_under_logrotate(pipeline, nats_server, chaos):
