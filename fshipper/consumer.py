@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FETCH_WAIT = 1.0        # seconds a pull request waits for messages (also bounds stop latency)
 FETCH_BYTES = 8 << 20   # bytes one pull request may bring: bounds memory whatever the message size
 EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
+RECHECK_IDLE = 30.0     # seconds idle before checking the stream and consumer still exist
 
 
 class Counters:
@@ -53,6 +54,7 @@ class Consumer:
         self._early_since: Dict[str, float] = {}
         self._refused_logged: set = set()
         self._next_expiry = 0.0
+        self._checked: Dict[int, float] = {}
         self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
@@ -112,6 +114,7 @@ class Consumer:
                     msgs = await puller.fetch()
                 except nats.errors.TimeoutError:
                     self._housekeeping()
+                    await self._recheck(number)
                     continue
                 except (nats.errors.Error, OSError) as e:
                     delay = backoff.next_delay()
@@ -148,6 +151,19 @@ class Consumer:
             if delay:
                 await _sleep(delay, stop)
         await sub.unsubscribe()
+
+    async def _recheck(self, number: int) -> None:
+        """Idle for a while: make sure the stream and this partition's consumer are
+        still there (an operator may have deleted them); cheap and idempotent."""
+        now = time.monotonic()
+        if now - self._checked.get(number, now) < RECHECK_IDLE:
+            self._checked.setdefault(number, now)
+            return
+        self._checked[number] = now
+        try:
+            await streams.ensure(self.nc.jetstream(), self.settings, [number], quiet=True)
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            log.warning("partition %d: cannot check stream %s: %s", number, self.settings.stream, e)
 
     def _housekeeping(self) -> None:
         now = time.time()

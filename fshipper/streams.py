@@ -62,8 +62,10 @@ def setup_partitions(settings: Settings) -> List[int]:
     return sorted(set(range(max(1, settings.shipper_partitions))) | set(settings.shipper_read_partitions))
 
 
-async def ensure(js: JetStreamContext, settings: Settings, partitions: Iterable[int]) -> List[str]:
-    """Create or update the stream and the partitions' consumers; returns what it did."""
+async def ensure(js: JetStreamContext, settings: Settings, partitions: Iterable[int],
+                 quiet: bool = False) -> List[str]:
+    """Create or update the stream and the partitions' consumers; returns what it did
+    (logged; with `quiet`, only what changed)."""
     done = []
     wanted = stream_config(settings)
     try:
@@ -89,7 +91,8 @@ async def ensure(js: JetStreamContext, settings: Settings, partitions: Iterable[
         await js.add_consumer(settings.stream, config)  # create or update
         done.append(f"consumer {config.durable_name}: {'created' if current is None else 'updated'}")
     for line in done:
-        log.info("%s", line)
+        if not (quiet and line.endswith("unchanged")):
+            log.info("%s", line)
     return done
 
 
