@@ -127,6 +127,8 @@ class Producer:
             chunk = self.follower.read(self.max_bytes)
             if chunk is None:
                 return
+            if not self.store.placed:
+                self.store.place(chunk.ref, chunk.start)
             future = await self._publish(js, chunk)
             self.window.append(Sent(chunk, future))
 
