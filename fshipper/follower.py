@@ -198,7 +198,7 @@ class Follower:
             if name != self.base:
                 self._mark_seen(st, fd)
             os.close(fd)
-        if offset and self._resume_from_copy(ref, offset):
+        if ref.fp_len and self._resume_from_copy(ref, offset):
             return
         log.warning("%s: the file last read (inode %d, byte %d) is gone (compressed or deleted?); "
                     "starting the current file from its beginning", self.path, ref.ino, offset)
