@@ -159,6 +159,8 @@ class Producer:
         for sent in self.window:
             if not sent.future.done():
                 sent.future.cancel()
+            else:
+                _failure(sent.future)  # read, or asyncio logs it as an error when it is dropped
         delay = self.backoff.next_delay()
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream captures %s.> yet (run 'fshipper setup' or start a consumer); "
