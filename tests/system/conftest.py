@@ -1,0 +1,103 @@
+"""Fixtures for the package tests: packages built once per session from the
+working tree (the .rpm signed with a throwaway key), a newer build for the
+upgrade test, and a nats-server with JetStream on a free loopback port."""
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from nspawn import wait_for
+from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key, tool
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory) -> Build:
+    base = tmp_path_factory.mktemp("packages")
+    key, public = signing_key(base)
+    return build(SOURCE, base / "dist", key, public)
+
+
+@pytest.fixture(scope="session")
+def newer_packages(tmp_path_factory, packages) -> Build:
+    """The same tree as a later release: version + ".1", with its changelog
+    entry and a changed sample fshipper.env."""
+    base = tmp_path_factory.mktemp("newer")
+    tree = base / "src"
+    shutil.copytree(SOURCE, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "dist", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    init = tree / "fshipper/__init__.py"
+    newer = packages.version + ".1"
+    init.write_text(re.sub(r'^__version__ = "[^"]+"', f'__version__ = "{newer}"',
+                           init.read_text(), flags=re.M))
+    changelog = tree / "packaging/debian/changelog"
+    changelog.write_text(
+        f"fshipper ({newer}) unstable; urgency=medium\n\n  * Upgrade test build.\n\n"
+        f" -- fshipper developers <fshipper@example.org>  Sat, 28 Nov 2026 06:00:00 +0000\n\n"
+        + changelog.read_text()
+    )
+    # A changed sample: with the administrator's edit, a real conffile conflict.
+    with open(tree / "etc/fshipper/fshipper.env", "a") as sample:
+        sample.write("# (changed in the newer build)\n")
+    key, public = signing_key(base)
+    result = build(tree, base / "dist", key, public)
+    assert result.version == newer
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory):
+    port = free_port()
+    store = tmp_path_factory.mktemp("jetstream")
+    log = open(store / "nats-server.log", "wb")
+    server = subprocess.Popen(
+        [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def accepting() -> bool:
+        if server.poll() is not None:
+            raise RuntimeError(f"nats-server exited {server.returncode}: {(store / 'nats-server.log').read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(accepting, 20, "nats-server to accept connections")
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Modules whose tests are steps (class Steps) learn which step failed."""
+    outcome = yield
+    report = outcome.get_result()
+    steps = getattr(item.module, "Steps", None)
+    if steps is not None and report.failed and not steps.failed:
+        steps.failed = item.name
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SUMMARY:
+        terminalreporter.section("package tests")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
+    if SKIPPED_BANNER:
+        terminalreporter.section("PACKAGE SYSTEM TESTS SKIPPED", sep="!", red=True, bold=True)
+        for line in SKIPPED_BANNER:
+            terminalreporter.write_line(line, red=True, bold=True)

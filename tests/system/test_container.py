@@ -1,0 +1,307 @@
+"""The .deb in a booted Debian 12 (systemd-nspawn): install, configure,
+ship, reload, a templated instance, a broken configuration, an upgrade and
+a purge, in that order, against a nats-server on the host's loopback.
+
+The steps share one container and build on each other, so they run in file
+order; a failed step makes the later ones fail too (they say which).
+Needs root and a working systemd-nspawn; skipped loudly otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from pkgbuild import SKIPPED_BANNER, SUMMARY
+from nspawn import Container, run_unbooted, unpack_root, wait_for
+
+LOG = "/var/log/fshipper-test.log"
+SECOND_LOG = "/var/log/fshipper-second.log"
+SECOND_HOST = "second.fshipper.test"
+MAIN_UNITS = ("fshipper-consumer.service", "fshipper-producer.service")
+
+
+def why_not_runnable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    for program in ("systemd-nspawn", "nsenter", "debootstrap", "zstd"):
+        if not shutil.which(program):
+            return f"{program} not installed (see packaging/ci-deps.txt)"
+    return None
+
+
+REASON = why_not_runnable()
+if REASON:
+    SKIPPED_BANNER.append(f"tests/system/test_container.py: the booted-Debian package test did NOT run: {REASON}")
+    pytest.skip(f"booted-Debian package test not run: {REASON}", allow_module_level=True)
+
+
+class Steps:
+    """What the earlier steps left for the later ones."""
+    failed: str | None = None
+    shipped = 0           # numbered lines appended to LOG so far
+    second_shipped = 0
+    started = 0.0
+
+
+@pytest.fixture(autouse=True)
+def in_order():
+    """conftest's report hook records the first failed step in Steps.failed."""
+    if Steps.failed:
+        pytest.fail(f"an earlier step failed ({Steps.failed})", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, packages, newer_packages):
+    work = tmp_path_factory.mktemp("container")
+    pkgdir = work / "pkg"
+    pkgdir.mkdir()
+    for build in (packages, newer_packages):
+        shutil.copy(build.deb, pkgdir)
+    Steps.started = time.monotonic()
+    container = Container(work, pkgdir, f"fshipper-test-{os.getpid()}")
+    with container:
+        try:
+            yield container
+        finally:
+            # The fshipper units' journal: warnings always, everything on failure.
+            journal = container.run(
+                ["journalctl", "--no-pager", "-o", "short-monotonic", "-u", "fshipper-*",
+                 *([] if Steps.failed else ["-p", "warning"])], check=False)
+            print(f"\n--- container journal ({'all' if Steps.failed else 'warnings'}) ---\n"
+                  f"{journal.stdout[-20000:]}--- end of journal ---")
+    SUMMARY.append(f"container test: {time.monotonic() - Steps.started:.1f} s from unpacking the root "
+                   f"to power-off")
+    container.remove()
+
+
+def append_lines(box: Container, path: str, first: int, last: int, tag: str = "line") -> None:
+    box.sh(f'for i in $(seq {first} {last}); do echo "{tag} $i of the package test"; done >> {path}')
+
+
+def shipped_lines(box: Container, host: str) -> list[str]:
+    directory = box.path(f"/var/log/fshipper/{host}")
+    if not directory.is_dir():
+        return []
+    lines: list[str] = []
+    for part in sorted(directory.iterdir()):
+        lines.extend(part.read_text(errors="replace").splitlines())
+    return lines
+
+
+def expect_shipped(box: Container, host: str, count: int, tag: str = "line", timeout: float = 60) -> None:
+    """Every numbered line 1..count arrived once, in order (and nothing else)."""
+    expected = [f"{tag} {i} of the package test" for i in range(1, count + 1)]
+
+    def arrived():
+        got = shipped_lines(box, host)
+        return got if len(got) >= count else None
+
+    try:
+        got = wait_for(arrived, timeout, f"{count} lines from {host}")
+    except TimeoutError:
+        got = shipped_lines(box, host)
+        raise AssertionError(f"{len(got)} of {count} lines arrived from {host}; last: {got[-3:]}")
+    assert got == expected, describe_difference(got, expected)
+
+
+def describe_difference(got: list[str], expected: list[str]) -> str:
+    missing = sorted(set(expected) - set(got))
+    duplicated = sorted({line for line in got if got.count(line) > 1})
+    return (f"{len(got)} lines for {len(expected)} expected; missing {missing[:5]}, "
+            f"duplicated {duplicated[:5]}, order ok: {got == sorted(got, key=expected.index) if not missing else '?'}")
+
+
+def main_pid(box: Container, unit: str) -> int:
+    return int(box.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout)
+
+
+def active(box: Container, unit: str) -> str:
+    return box.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+
+def hostname(box: Container) -> str:
+    return box.run(["hostname"]).stdout.strip()
+
+
+def exists(box: Container, path: str) -> bool:
+    """Checked inside: /run is the container's own tmpfs."""
+    return box.run(["test", "-e", path], check=False).returncode == 0
+
+
+def write(box: Container, path: str, text: str, mode: int = 0o644) -> None:
+    target = box.path(path)
+    target.write_text(text)
+    target.chmod(mode)
+
+
+def test_install_and_purge_without_systemd_running(tmp_path_factory, packages):
+    """As in an image build: the scripts leave systemd alone (a daemon-reload
+    would fail here, and the install with it), and units the image enabled
+    are disabled again on removal."""
+    work = tmp_path_factory.mktemp("unbooted")
+    (work / "pkg").mkdir()
+    shutil.copy(packages.deb, work / "pkg")
+    unpack_root(work / "root")
+    result = run_unbooted(work / "root", work / "pkg", f"""
+        test ! -d /run/systemd/system
+        apt-get update -q
+        apt-get install -y -q /mnt/pkg/{packages.deb.name}
+        fshipper --version
+        id fshipper
+        systemctl enable fshipper-producer.service fshipper-consumer@x.service
+        apt-get purge -y -q fshipper
+        if ls /etc/systemd/system/*.wants/fshipper* 2>/dev/null; then exit 1; fi
+        test ! -e /etc/fshipper && test ! -e /var/lib/fshipper && test ! -e /usr/lib/fshipper
+        echo ALL-DONE
+    """)
+    shutil.rmtree(work / "root", ignore_errors=True)
+    assert result.returncode == 0 and "ALL-DONE" in result.stdout, \
+        f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert packages.version in result.stdout
+
+
+def test_install_pulls_python3_and_enables_nothing(box, packages):
+    box.run(["apt-get", "update", "-q"], timeout=300)
+    assert box.run(["dpkg-query", "-W", "python3"], check=False).returncode != 0, \
+        "the container root already has python3: the install would not show that it pulls it"
+    box.run(["apt-get", "install", "-y", "-q", f"/mnt/pkg/{packages.deb.name}"], timeout=600)
+    for package in ("python3", "python3-nacl"):  # a Depends, a Recommends
+        assert box.run(["dpkg-query", "-W", "-f", "${Status}", package]).stdout == "install ok installed"
+    assert packages.version in box.run(["fshipper", "--version"]).stdout
+    groups = box.run(["id", "-nG", "fshipper"]).stdout.split()
+    assert "adm" in groups and "fshipper" in groups
+    assert box.run(["stat", "-c", "%U", "/var/lib/fshipper"]).stdout.strip() == "fshipper"
+    for unit in MAIN_UNITS:
+        assert box.run(["systemctl", "is-enabled", unit], check=False).stdout.strip() == "disabled"
+        assert active(box, unit) == "inactive"
+    assert box.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend", "fshipper-*"]).stdout == ""
+
+
+def test_units_verify_cleanly(box):
+    # --man=no: the container has no man-db; the package tests check that
+    # every Documentation= page is in the package.
+    for unit in MAIN_UNITS + ("fshipper-producer@x.service", "fshipper-consumer@x.service"):
+        result = box.run(["systemd-analyze", "verify", "--man=no", unit], check=False)
+        assert result.returncode == 0 and result.stderr == "" and result.stdout == "", (unit, result)
+
+
+def test_enable_now_ships_numbered_lines(box, nats_url):
+    subject = f"pkgtest{os.getpid()}"
+    write(box, "/etc/fshipper/fshipper.env",
+          f"# edited by the package test\nNATS_URL={nats_url}\nSHIPPER_SUBJECT={subject}\n")
+    write(box, "/etc/fshipper/producer.env", f"SHIPPER_FILE={LOG}\n")
+    write(box, "/etc/fshipper/consumer.env",
+          "SHIPPER_OUTPUT=shipped.%Y%m%d\nSHIPPER_DIRECTORY=/var/log/fshipper\n")
+    box.sh(f"install -m 0640 -o root -g adm /dev/null {LOG}")
+    box.run(["fshipper", "check-config", "--role", "producer"])
+    box.run(["systemctl", "enable", "--now", *MAIN_UNITS], timeout=120)
+    for unit in MAIN_UNITS:
+        assert active(box, unit) == "active", box.run(["systemctl", "status", unit], check=False).stdout
+        user = box.run(["stat", "-c", "%U", f"/proc/{main_pid(box, unit)}"]).stdout.strip()
+        assert user == "fshipper", (unit, user)
+    append_lines(box, LOG, 1, 500)
+    Steps.shipped = 500
+    expect_shipped(box, hostname(box), Steps.shipped)
+
+
+def test_reload_keeps_shipping_without_loss(box):
+    pids = {unit: main_pid(box, unit) for unit in MAIN_UNITS}
+    append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 300)
+    box.run(["systemctl", "reload", *MAIN_UNITS])
+    append_lines(box, LOG, Steps.shipped + 301, Steps.shipped + 600)
+    box.run(["systemctl", "reload", "fshipper-producer.service"])
+    append_lines(box, LOG, Steps.shipped + 601, Steps.shipped + 900)
+    Steps.shipped += 900
+    expect_shipped(box, hostname(box), Steps.shipped)
+    for unit, pid in pids.items():
+        assert active(box, unit) == "active"
+        assert main_pid(box, unit) == pid, f"{unit} was restarted, not reloaded"
+    # The daemons got the SIGHUP (they log to syslog, which the journal files
+    # under their unit).
+    for unit, reloads in (("fshipper-producer.service", 2), ("fshipper-consumer.service", 1)):
+        journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+        assert journal.count("reloading the configuration") == reloads, journal[-3000:]
+
+
+def test_templated_producer_ships_a_second_file(box):
+    write(box, "/etc/fshipper/producer-second.env", f"SHIPPER_FILE={SECOND_LOG}\nHOSTNAME={SECOND_HOST}\n")
+    box.sh(f"install -m 0640 -o root -g adm /dev/null {SECOND_LOG}")
+    box.run(["systemctl", "start", "fshipper-producer@second.service"])
+    assert active(box, "fshipper-producer@second.service") == "active"
+    assert exists(box, "/run/fshipper/producer-second.pid")
+    append_lines(box, SECOND_LOG, 1, 200, tag="second")
+    append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 100)
+    Steps.second_shipped, Steps.shipped = 200, Steps.shipped + 100
+    expect_shipped(box, SECOND_HOST, Steps.second_shipped, tag="second")
+    expect_shipped(box, hostname(box), Steps.shipped)
+    # Stopping one instance leaves the others' pidfiles in the shared /run/fshipper.
+    box.run(["systemctl", "stop", "fshipper-producer@second.service"])
+    assert exists(box, "/run/fshipper/producer.pid")
+    assert exists(box, "/run/fshipper/consumer.pid")
+    assert active(box, "fshipper-producer.service") == "active"
+
+
+def test_broken_env_file_fails_the_start_with_the_reason_in_the_journal(box):
+    write(box, "/etc/fshipper/producer-broken.env", f"SHIPPER_FILE={LOG}\nSHIPPER_PARTITIONS=many\n")
+    unit = "fshipper-producer@broken.service"
+    result = box.run(["systemctl", "start", unit], check=False, timeout=60)
+    assert result.returncode != 0
+    assert active(box, unit) != "active"
+    journal = box.run(["journalctl", "--no-pager", "-u", unit]).stdout
+    assert "SHIPPER_PARTITIONS" in journal and "many" in journal, journal
+    # Retried a bounded number of times, then left failed (StartLimitBurst).
+    def settled():
+        state = dict(line.split("=", 1) for line in box.run(
+            ["systemctl", "show", "-p", "ActiveState", "-p", "Result", "-p", "NRestarts", unit]
+        ).stdout.split())
+        return state if state["ActiveState"] == "failed" else None
+
+    state = wait_for(settled, 60, f"{unit} to stop retrying", interval=1)
+    assert int(state["NRestarts"]) <= 3, state
+    box.run(["systemctl", "reset-failed", unit])
+    box.path("/etc/fshipper/producer-broken.env").unlink()
+
+
+def test_upgrade_keeps_edited_conffile_and_restarts_running_units(box, newer_packages):
+    edited = box.path("/etc/fshipper/fshipper.env").read_text()
+    pids = {unit: main_pid(box, unit) for unit in MAIN_UNITS}
+    untouched = box.path("/etc/fshipper/producer.env").read_text()
+    # fshipper.env: edited here and changed in the package, so dpkg asks;
+    # config management answers "keep mine" as below.  producer.env: edited
+    # here only, kept without a question.
+    box.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confdef",
+             "-o", "Dpkg::Options::=--force-confold", f"/mnt/pkg/{newer_packages.deb.name}"], timeout=300)
+    assert box.run(["dpkg-query", "-W", "-f", "${Version}", "fshipper"]).stdout == newer_packages.version
+    assert box.path("/etc/fshipper/fshipper.env").read_text() == edited
+    assert "changed in the newer build" in box.path("/etc/fshipper/fshipper.env.dpkg-dist").read_text()
+    assert box.path("/etc/fshipper/producer.env").read_text() == untouched
+    for unit, pid in pids.items():
+        assert active(box, unit) == "active"
+        assert main_pid(box, unit) not in (0, pid), f"{unit} was not restarted by the upgrade"
+    # A stopped instance stays stopped.
+    assert active(box, "fshipper-producer@second.service") == "inactive"
+    assert newer_packages.version in box.run(["fshipper", "--version"]).stdout
+    append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 200)
+    Steps.shipped += 200
+    expect_shipped(box, hostname(box), Steps.shipped)
+
+
+def test_purge_leaves_nothing_behind(box):
+    files = box.run(["dpkg-query", "-L", "fshipper"]).stdout.split("\n")
+    own = [path for path in files if path and (
+        "fshipper" in path or not box.path(path).is_dir())]
+    box.run(["apt-get", "purge", "-y", "-q", "fshipper"], timeout=300)
+    left = [path for path in own if os.path.lexists(box.path(path))]
+    assert left == []
+    for directory in ("/etc/fshipper", "/var/lib/fshipper", "/usr/lib/fshipper", "/run/fshipper"):
+        assert not exists(box, directory), directory
+    # list-unit-files exits 1 when nothing matches.
+    listed = box.run(["systemctl", "list-unit-files", "--no-legend", "fshipper*"], check=False)
+    assert listed.stdout.strip() == "" and listed.returncode == 1, listed
+    owners = box.sh("for p in /proc/[0-9]*; do stat -c %U $p 2>/dev/null || true; done").stdout.split()
+    assert "fshipper" not in owners
+    wants = list(box.path("/etc/systemd/system").glob("*.wants/fshipper*"))
+    assert wants == []
