@@ -100,6 +100,8 @@ class Follower:
         self._quiet_since = time.monotonic()
         self._finishing = False
         self._waiting_logged = False
+        self._tail = b""  # the last bytes read: to recognise a copytruncate copy
+        self._truncated: Optional[int] = None  # while reading a copy: the truncated file
         self._changed = asyncio.Event()
         self._notifier = None
         self._wm = None
@@ -130,9 +132,10 @@ class Follower:
         if self._notifier is not None:
             self._notifier.stop()
             self._notifier = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in (self.fd, self._truncated):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self._truncated = None
 
     async def wait(self, timeout: float = POLL_SECONDS) -> None:
         """Until inotify reports a change (or `timeout`, as a safety net)."""
@@ -195,9 +198,35 @@ class Follower:
             if name != self.base:
                 self._mark_seen(st, fd)
             os.close(fd)
+        if ref.fp_len and self._resume_from_copy(ref, offset):
+            return
         log.warning("%s: the file last read (inode %d, byte %d) is gone (compressed or deleted?); "
                     "starting the current file from its beginning", self.path, ref.ino, offset)
         self._open_path()
+
+    def _resume_from_copy(self, ref: FileRef, offset: int) -> bool:
+        """Truncated while stopped (copytruncate): finish its copy, then the file."""
+        self.ref, self.offset = ref, offset
+        copy = self._copy()
+        if copy is None:
+            self.ref, self.offset = None, 0
+            return False
+        name, fd = copy
+        self._adopt(fd, os.path.join(self.directory, name), ref, offset)
+        self._finishing = True
+        try:
+            live = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            live = None
+        if live is not None:
+            st = os.fstat(live)
+            if (st.st_dev, st.st_ino) == (ref.dev, ref.ino):
+                self._truncated = live  # taken up from its start once the copy is done
+            else:
+                os.close(live)
+        log.info("%s was truncated while stopped (copytruncate?): finishing its copy %s from byte %d first",
+                 self.path, name, offset)
+        return True
 
     def _mark_seen(self, st: os.stat_result, fd: int) -> None:
         fp_len = min(st.st_size, FINGERPRINT_BYTES)
@@ -238,6 +267,7 @@ class Follower:
         self._remember((ref.dev, ref.ino), ref.fp_len, ref.fp_hash)
         self._rotated_at = None
         self._finishing = False
+        self._tail = b""
         self._quiet_since = time.monotonic()
         self._watch_file(path)
         st = os.fstat(fd)
@@ -314,12 +344,20 @@ class Follower:
             return None  # an incomplete line: held until its newline comes
         chunk = Chunk(ref, self.offset, self.offset + length, payload, more)
         self.offset = chunk.end
+        self._tail = data[max(0, length - 64):length]
         self.last = (ref.gen, chunk.end)
         self._quiet_since = time.monotonic()
         return chunk
 
     def _advance(self, max_bytes: int) -> bool:
         """Nothing complete to read: check for truncation and rotation. True if moved."""
+        if self._truncated is not None:  # the copy is read to its end: on with the file
+            log.info("%s: copy read to byte %d; reading the truncated file from its start",
+                     self._label(), self.offset)
+            os.close(self.fd)
+            fd, self.fd, self._truncated = self._truncated, None, None
+            self._take(fd, self.ref.name or self.base)
+            return True
         st = os.fstat(self.fd)
         if st.st_size < self.offset or (
             self.ref.fp_len and st.st_size >= self.ref.fp_len
@@ -352,11 +390,35 @@ class Follower:
         return True
 
     def _restart_truncated(self, size: int) -> None:
+        copy = self._copy() if self._truncated is None and self.offset else None
+        if copy is not None:
+            # copytruncate: what was written before the copy and not read yet is
+            # in the copy. Read it from there; only the lines written between the
+            # copy and the truncation are in neither file.
+            name, fd = copy
+            log.warning("%s: truncated (copytruncate?) at byte %d; reading the rest from its copy %s first",
+                        self._label(), self.offset, name)
+            self._truncated, self.fd = self.fd, fd
+            self._finishing = True
+            return
         log.warning("%s: size %d is below position %d or its first bytes changed: truncated "
                     "(copytruncate?); reading it again from the start", self._label(), size, self.offset)
         fd = self.fd
         self.fd = None
         self._take(fd, self.ref.name or self.base)
+
+    def _copy(self) -> Optional[Tuple[str, int]]:
+        """A sibling that copytruncate made of the current file, opened: same first
+        bytes, the bytes just before our position, and more after it."""
+        ref, tail, chosen = self.ref, self._tail, None
+        for name, st, fd in reversed(self._candidates()):  # the newest first
+            if chosen is None and (st.st_dev, st.st_ino) != (ref.dev, ref.ino) and st.st_size > self.offset \
+                    and _fingerprint(fd, ref.fp_len) == ref.fp_hash \
+                    and os.pread(fd, len(tail), self.offset - len(tail)) == tail:
+                chosen = (name, fd)
+            else:
+                os.close(fd)
+        return chosen
 
     def _successor(self) -> Optional[Tuple[str, os.stat_result, int]]:
         """The next file to follow once the current one is done, opened; or None."""

@@ -61,6 +61,21 @@ class PositionStore:
         self.flush_due()
 
     @property
+    def placed(self) -> bool:
+        """Whether a file was ever recorded (else this is the first start's first file)."""
+        return self._saved is not None
+
+    def place(self, ref: FileRef, offset: int) -> None:
+        """Record, before anything of it is sent, which file the first one is.
+
+        Messages carry the file's number; a restart must give the same number to
+        the same file. Without this, a crash before the first confirmation saved
+        no file, and the next start numbered whatever file was there then (after
+        a rotation, another one) 0 again: the consumer took its lines for repeats.
+        """
+        self._write(ref, offset)
+
+    @property
     def pending(self) -> bool:
         return self._pending is not None
 

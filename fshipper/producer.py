@@ -53,6 +53,8 @@ async def _first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -
         await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+    if task.done() and not task.cancelled():
+        task.exception()  # the caller reads the outcome from `aw`; unread, asyncio logs an error
     return task.done()
 
 
@@ -125,6 +127,8 @@ class Producer:
             chunk = self.follower.read(self.max_bytes)
             if chunk is None:
                 return
+            if not self.store.placed:
+                self.store.place(chunk.ref, chunk.start)
             future = await self._publish(js, chunk)
             self.window.append(Sent(chunk, future))
 
@@ -155,6 +159,8 @@ class Producer:
         for sent in self.window:
             if not sent.future.done():
                 sent.future.cancel()
+            else:
+                _failure(sent.future)  # read, or asyncio logs it as an error when it is dropped
         delay = self.backoff.next_delay()
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream captures %s.> yet (run 'fshipper setup' or start a consumer); "

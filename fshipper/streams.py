@@ -17,7 +17,7 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
-ACK_WAIT = 60.0          # a batch is written and acknowledged well within this
+ACK_WAIT = 10.0          # a batch is written and acknowledged well within this
 MAX_ACK_PENDING = 20000  # bounds what one partition holds unacknowledged
 
 
