@@ -30,3 +30,4 @@ clean:
 
 -include packaging.mk
 -include bench.mk
+-include chaos.mk
