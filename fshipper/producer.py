@@ -163,8 +163,9 @@ class Producer:
                 _failure(sent.future)  # read, or asyncio logs it as an error when it is dropped
         delay = self.backoff.next_delay()
         if isinstance(error, nats.js.errors.NoStreamResponseError):
-            log.warning("no stream captures %s.> yet (run 'fshipper setup' or start a consumer); "
-                        "waiting, retry in %.1fs", self.settings.shipper_subject, delay)
+            log.warning("no stream answers for %s.> (not set up yet: run 'fshipper setup' or start a "
+                        "consumer; or a cluster electing a leader); retry in %.1fs",
+                        self.settings.shipper_subject, delay)
         else:
             log.warning("publish not confirmed (%s); %d message(s) will be sent again in %.1fs",
                         str(error) or type(error).__name__, len(self.window), delay)

@@ -201,7 +201,7 @@ def test_producer_waits_for_the_stream_and_then_ships(pipeline):
     p = pipeline()
     append_numbered(p.log, 1, 1_000)
     p.producer.start()
-    wait_until(lambda: "no stream captures shipper.> yet" in p.producer.tail(), 20, p.logs)
+    wait_until(lambda: "no stream answers for shipper.>" in p.producer.tail(), 20, p.logs)
     assert not p.out.exists()
     p.consumer.start()   # creates the stream and its consumer
     wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 40, p.logs)
