@@ -79,8 +79,10 @@ class Producer:
         log.info("shipping %s as %s on %s (%s mode)", self.settings.shipper_file, self.host,
                  self.subject, self.settings.shipper_mode)
         self.ready()
-        connecting = asyncio.ensure_future(connection.connect(
-            self.settings, pending_bytes=max(8 << 20, 2 * self.settings.shipper_max_inflight * self.max_bytes)))
+        # While disconnected the client buffers what is published: room for the
+        # window and one re-send of it; more fails fast and is sent again later.
+        window = self.settings.shipper_max_inflight * self.max_bytes
+        connecting = asyncio.ensure_future(connection.connect(self.settings, pending_bytes=2 * window + (1 << 20)))
         try:
             if not await _first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
