@@ -184,7 +184,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("SHIPPER_KEEP_DAYS", (C,), _whole(0), "7", "delete output files older than this many days; 0 = keep all"),
     Option("SHIPPER_FSYNC", (C,), _choice("batch", "off"), "batch",
            "batch: fsync output before each acknowledgement; off: leave it to the kernel"),
-    Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "1000", "most messages one pull request brings (and at most 8 MiB)"),
+    Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "1000", "most messages one pull request brings (and at most 16 MiB)"),
     Option("SHIPPER_MAX_OPEN_FILES", (C,), _whole(1, 100000), "1024", "output files kept open (least recently used closed)"),
     Option("SHIPPER_GAP_TIMEOUT", (C,), _duration, "5m",
            "how long to hold a host's lines that arrive ahead of a missing message before writing them anyway"),
