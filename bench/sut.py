@@ -6,6 +6,7 @@ so no state (positions, queues, streams) carries over between runs.
 """
 from __future__ import annotations
 
+import abc
 import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -16,7 +17,7 @@ from .procs import BenchError, Proc, stop_all
 ROLES = ("producer", "consumer", "server")
 
 
-class SystemUnderTest:
+class SystemUnderTest(abc.ABC):
     name = "?"
     # What each role is called in this system; a missing role has no process.
     role_names: Dict[str, str] = {}
@@ -31,19 +32,19 @@ class SystemUnderTest:
         self.procs: List[Proc] = []
 
     # -- to be provided by each system ------------------------------------
+    @abc.abstractmethod
     def start_pipeline(self, input_file: Path, host: str) -> None:
         """Start every daemon; `input_file` exists (maybe with a backlog)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def start_sink(self) -> None:
         """Start only the receiving side, for simulated publishers."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def publisher_argv(self, hosts: int, lines_per_host: int, line_size: int,
                        lines_per_message: int) -> Sequence[str]:
         """A process that publishes numbered lines for `hosts` simulated
         hosts straight into the receiving side (see fanin_*.py)."""
-        raise NotImplementedError
 
     # -- common -------------------------------------------------------------
     def host_dir(self, host: str) -> Path:
