@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from .data import (cached_lines, host_lines, host_name, line,
                    output_size, verify)
 from .latency import Tail, percentile, writer_line
-from .procs import BenchError, FdSampler, cpu_seconds, peak_rss_mb, wait_for
+from .procs import BenchError, FdSampler, cpu_seconds, peak_rss_mb
 from .sut import SystemUnderTest
 
 HOST = "benchhost"

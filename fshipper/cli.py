@@ -121,7 +121,7 @@ def _check_config(args: argparse.Namespace) -> int:
     for role in roles:
         loaded = _load(role, args, "fshipper")
         print(f"# {role}" + (f" instance {args.instance}" if args.instance else "")
-              + f": configuration is valid")
+              + ": configuration is valid")
         for line in config.describe(loaded):
             print(line)
     return 0
@@ -151,7 +151,7 @@ async def _setup(settings: config.Settings) -> int:
 async def _status(settings: config.Settings) -> int:
     from nats.js.errors import NotFoundError
 
-    from . import connection, streams
+    from . import connection
 
     nc = await _admin_connect(settings)
     try:

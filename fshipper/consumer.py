@@ -14,14 +14,14 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import nats.errors
 from nats.aio.msg import Msg
 
 from . import connection, streams, wire
 from .config import Settings
-from .ledger import DUPLICATE, EARLY, WRITE, Ledger
+from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink, safe_host
 from .util import Backoff

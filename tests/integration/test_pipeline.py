@@ -1,11 +1,9 @@
 """End to end through real daemons and a real nats-server with JetStream."""
 
 import asyncio
-import os
 import signal
 
 import nats
-import pytest
 
 from harness import append_numbered, verdict, wait_until
 
@@ -191,7 +189,7 @@ def test_core_mode_ships_over_plain_nats(pipeline):
     p.consumer.start()
     wait_until(lambda: "subscribed" in p.consumer.tail(), 20, p.logs)
     p.producer.start()
-    n = append_numbered(p.log, 1, 5_000)
+    append_numbered(p.log, 1, 5_000)
     wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 30, p.logs)
     assert p.output() == p.log.read_bytes()
     assert "core mode" in p.consumer.tail()
