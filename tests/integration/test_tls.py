@@ -17,16 +17,22 @@ def openssl(*args, cwd):
 
 @pytest.fixture
 def pki(tmp_path):
+    """A CA, a server and a client certificate with the extensions that strict
+    verification (Python 3.13's default) asks for."""
     d = tmp_path / "pki"
     d.mkdir()
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fshipper test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             "-keyout", "ca-key.pem", "-out", "ca.pem", cwd=d)
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, ext in (("server", ["-extfile", "server.ext"]), ("client", [])):
+    leaf = "keyUsage=critical,digitalSignature,keyEncipherment\nsubjectKeyIdentifier=hash\n" \
+           "authorityKeyIdentifier=keyid,issuer\n"
+    (d / "server.ext").write_text(leaf + "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "client.ext").write_text(leaf + "extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
                 "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=d)
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *ext, cwd=d)
+                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext", cwd=d)
     return d
 
 
