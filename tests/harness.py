@@ -24,16 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what, interval: float = 0.05):
-    """Poll `condition` until it is truthy; fail with `what` (text, or a callable
-    giving it, e.g. the daemons' logs at that moment) after `timeout` seconds."""
+def wait_until(condition: Callable[[], object], timeout: float, what, interval: float = 0.05,
+               error: type = AssertionError):
+    """Poll `condition` until it is truthy; raise `error` naming `what` (text, or a
+    callable giving it, e.g. the daemons' logs at that moment) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
+            raise error(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
 
 import pytest
 
-from nspawn import wait_for
-from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key, tool
+from harness import NatsServer
+from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key
 
 
 @pytest.fixture(scope="session")
@@ -48,38 +46,13 @@ def newer_packages(tmp_path_factory, packages) -> Build:
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory):
-    port = free_port()
-    store = tmp_path_factory.mktemp("jetstream")
-    log = open(store / "nats-server.log", "wb")
-    server = subprocess.Popen(
-        [tool("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-
-    def accepting() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"nats-server exited {server.returncode}: {(store / 'nats-server.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
+    server = NatsServer(tmp_path_factory.mktemp("jetstream") / "store").start()
     try:
-        wait_for(accepting, 20, "nats-server to accept connections")
-        yield f"nats://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
+        server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -15,9 +15,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
+
+from harness import wait_until
 
 CACHE = Path(os.environ.get("FSHIPPER_TEST_CACHE", "/var/cache/fshipper-test"))
 SUITE = "bookworm"
@@ -31,15 +32,8 @@ INSIDE_ENV = [
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
-    """Poll predicate until it returns something true; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """Poll predicate until it returns something true; TimeoutError after timeout."""
+    return wait_until(predicate, timeout, what, interval, error=TimeoutError)
 
 
 def host_mirror() -> str:
