@@ -59,7 +59,7 @@ class Consumer:
         self._next_expiry = 0.0
         self._checked: Dict[int, float] = {}
         self._uncommitted: List[str] = []   # reply subjects of written messages, to acknowledge
-        self._committed_at = time.monotonic()
+        self._gathered_since = 0.0          # when the first of them was written
         self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
@@ -117,7 +117,7 @@ class Consumer:
         try:
             while not stop.is_set():
                 try:
-                    msgs = await puller.fetch(COMMIT_EVERY if self._uncommitted else None)
+                    msgs = await puller.fetch(self._commit_due() if self._uncommitted else None)
                 except nats.errors.TimeoutError:
                     if self._uncommitted:  # quiet now: commit what was gathered
                         delay = await self._commit_or_fail(number, backoff)
@@ -213,6 +213,8 @@ class Consumer:
             self.sink.write()
         except OSError as e:
             return await self._fail(number, e, acks + [m for m, _ in early], refused, backoff)
+        if acks and not self._uncommitted:
+            self._gathered_since = time.monotonic()
         self._uncommitted += [m.reply for m in acks]
         self.counters.bytes += written_bytes
         self.counters.messages += len(acks)
@@ -221,9 +223,13 @@ class Consumer:
                 await _reply(msg.nak(delay=delay))
             for msg in refused:
                 await _reply(msg.term())
-        if more and time.monotonic() - self._committed_at < COMMIT_EVERY and len(self._uncommitted) < COMMIT_MAX:
+        if more and self._commit_due() > 0 and len(self._uncommitted) < COMMIT_MAX:
             return 0.0
         return await self._commit_or_fail(number, backoff)
+
+    def _commit_due(self) -> float:
+        """Seconds until what was gathered must be committed."""
+        return max(0.0, self._gathered_since + COMMIT_EVERY - time.monotonic())
 
     async def _commit_or_fail(self, number: int, backoff: Backoff) -> float:
         try:
@@ -241,7 +247,6 @@ class Consumer:
         self.ledger.commit(lengths)
         self.sink.confirm(lengths)
         replies, self._uncommitted = self._uncommitted, []
-        self._committed_at = time.monotonic()
         if self.jetstream:
             for reply in replies:
                 await _publish(self.nc, reply, b"")  # an empty reply acknowledges

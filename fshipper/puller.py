@@ -38,6 +38,7 @@ class Puller:
         self.owed = 0                 # messages the open request may still bring
         self.bytes_owed = 0
         self.expires_at = 0.0
+        self.waiting = 0              # messages still in the stream after the last one handed out
 
     async def start(self) -> None:
         # A callback only queues: cheaper per message than next_msg(), which
@@ -72,9 +73,10 @@ class Puller:
         return left
 
     def busy(self) -> bool:
-        """Are more messages coming right now: arrived, or the open request has
-        started to deliver and is not used up?"""
-        return bool(self.arrived) or (self._open() and self.owed < self.batch)
+        """Are more messages waiting right now: arrived and not handed out, or
+        still in the stream for this consumer (as the server said with the last
+        one handed out)?"""
+        return bool(self.arrived) or self.waiting > 0
 
     def _open(self) -> bool:
         return self.owed > 0 and self.bytes_owed > 0 and time.monotonic() < self.expires_at
@@ -121,4 +123,9 @@ class Puller:
                 msgs.append(msg)
             elif status != HEARTBEAT:
                 self.owed = 0  # 404/408 (request ended), 409 (conflict): the request is closed
+        if msgs:
+            try:
+                self.waiting = msgs[-1].metadata.num_pending
+            except (nats.errors.Error, ValueError, IndexError):
+                self.waiting = 0
         return msgs

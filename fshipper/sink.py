@@ -27,15 +27,12 @@ IOV_MAX = 1024
 WORKER_THREADS = 16  # files written or flushed at once
 
 
-def _fsync_directories(path: str, top: Optional[str]) -> None:
-    """Flush the directory entries of a new file (and of a new host directory)."""
-    parent = os.path.dirname(path)
-    for directory in (parent, os.path.dirname(parent)) if top and parent != top else (parent,):
-        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def safe_host(host: str) -> bool:
@@ -67,7 +64,7 @@ class Sink:
         self._pending: Dict[str, List[bytes]] = {}
         self._touched: set = set()
         self._created: set = set()
-        self._written: Dict[str, int] = {}     # since the last confirm: path -> length
+        self._written: set = set()             # paths written since the last confirm
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._names: Dict[Tuple[float, float], str] = {}
 
@@ -113,17 +110,26 @@ class Sink:
         for i in range(0, len(items), step):
             jobs = [(path, self._open(path), parts) for path, parts in items[i:i + step]]
             self._touched.update(path for path, _, _ in jobs)
-            for result in self._parallel(self._write_some, jobs):
-                self._written.update(result)
+            self._parallel(self._write_some, jobs)
+            self._written.update(path for path, _, _ in jobs)
         self._pending.clear()
 
     def sync(self) -> Dict[str, int]:
         """Make what was written since the last `confirm` durable (SHIPPER_FSYNC);
         returns the length of each file written, to record before acknowledging."""
-        for _ in self._parallel(self._sync_some, list(self._written)):
-            pass
-        self._created.difference_update(self._written)
-        return dict(self._written)
+        lengths: Dict[str, int] = {}
+        for share in self._parallel(self._sync_some, list(self._written)):
+            lengths.update(share)
+        created = self._created & self._written
+        if self.fsync and created:
+            # New files' directory entries, and new host directories' entries in
+            # the top directory: each directory once, however many files are new.
+            directories = {os.path.dirname(path) for path in created}
+            if self.directory:
+                directories |= {os.path.dirname(d) for d in directories if d != self.directory}
+            self._parallel(lambda share: [_fsync_directory(d) for d in share], sorted(directories))
+        self._created -= self._written
+        return lengths
 
     def _parallel(self, work, jobs: list):
         """work(share) over shares of `jobs`, on the pool when there are several."""
@@ -134,9 +140,9 @@ class Sink:
         shares = [jobs[k::WORKER_THREADS] for k in range(min(WORKER_THREADS, len(jobs)))]
         return list(self._pool.map(work, shares))  # re-raises the first OSError
 
-    def _write_some(self, jobs: List[Tuple[str, int, List[bytes]]]) -> Dict[str, int]:
-        sizes = {}
-        for path, fd, parts in jobs:
+    @staticmethod
+    def _write_some(jobs: List[Tuple[str, int, List[bytes]]]) -> None:
+        for _, fd, parts in jobs:
             for i in range(0, len(parts), IOV_MAX):
                 group = parts[i:i + IOV_MAX]
                 done = os.writev(fd, group)
@@ -144,10 +150,9 @@ class Sink:
                     rest = b"".join(group)[done:]
                     while rest:
                         rest = rest[os.write(fd, rest):]
-            sizes[path] = os.fstat(fd).st_size
-        return sizes
 
-    def _sync_some(self, paths: List[str]) -> None:
+    def _sync_some(self, paths: List[str]) -> Dict[str, int]:
+        lengths = {}
         for path in paths:
             fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
             own = fd is None          # evicted since it was written: by name
@@ -156,15 +161,16 @@ class Sink:
             try:
                 if self.fsync:
                     os.fsync(fd)
-                if os.fstat(fd).st_nlink == 0:
+                status = os.fstat(fd)
+                if status.st_nlink == 0:
                     # Deleted while open (e.g. the host's directory removed): what
                     # was written went nowhere. Fail; the retry writes a new file.
                     raise FileNotFoundError(errno.ENOENT, "removed while open", path)
+                lengths[path] = status.st_size
             finally:
                 if own:
                     os.close(fd)
-            if self.fsync and path in self._created:
-                _fsync_directories(path, self.directory)
+        return lengths
 
     def confirm(self, lengths: Dict[str, int]) -> None:
         self.lengths.update(lengths)

@@ -114,3 +114,19 @@ def test_fsync_on_writes_every_file(tmp_path, hosts):
     sink.confirm(lengths)
     assert sorted(lengths.values()) == [5] * hosts
     assert all((tmp_path / f"host{n}" / "out").read_bytes() == b"line\n" for n in range(hosts))
+
+
+def test_batches_gathered_before_one_sync_are_all_recorded(tmp_path):
+    # A busy consumer writes several batches, then syncs once: the lengths it
+    # records must cover every batch, in files old and new, evicted or not.
+    sink = Sink("out", str(tmp_path), 2, True, 7)
+    paths = [sink.path_for(f"host{n}", time.time()) for n in range(3)]
+    for batch in range(4):
+        for n, path in enumerate(paths):
+            sink.append(path, b"batch %d host %d\n" % (batch, n))
+        sink.write()
+    lengths = sink.sync()
+    sink.confirm(lengths)
+    assert lengths == {path: 4 * len(b"batch 0 host 0\n") for path in paths}
+    assert (tmp_path / "host2" / "out").read_bytes() == b"".join(b"batch %d host 2\n" % b for b in range(4))
+    assert sink.sync() == {}         # nothing written since
