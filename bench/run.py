@@ -14,6 +14,7 @@ import argparse
 import datetime
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -61,7 +62,7 @@ def plan(args: argparse.Namespace, cache: Path) -> Dict[str, List[tuple]]:
 
 
 def measure_once(system: str, key: str, measure: Measure, base: Path,
-                 keep: bool) -> Dict[str, float]:
+                 keep: bool, later: List[Path]) -> Dict[str, float]:
     sut = SYSTEMS[system](base / f"{system}-{key}")
     ok = False
     try:
@@ -71,33 +72,38 @@ def measure_once(system: str, key: str, measure: Measure, base: Path,
     finally:
         sut.stop()
         if ok and not keep:
-            sut.cleanup()
+            sut.cleanup(later)
 
 
 def run_all(args: argparse.Namespace, base: Path) -> Results:
     results: Results = {}
     groups = plan(args, base / "cache")
     rounds = max(runs for steps in groups.values() for _, _, runs in steps)
-    for i in range(rounds):
-        order = args.systems if i % 2 == 0 else list(reversed(args.systems))
-        for steps in groups.values():
-            for key, measure, runs in steps:
-                if i >= runs:
-                    continue
-                for system in order:
-                    started = time.monotonic()
-                    try:
-                        metrics = measure_once(system, key, measure, base, args.keep)
-                    except BenchError as e:
-                        metrics = None
-                        print(f"[{i + 1}/{runs}] {key} {system}: FAILED: {e}",
-                              file=sys.stderr, flush=True)
-                    else:
-                        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                        print(f"[{i + 1}/{runs}] {key} {system} "
-                              f"({time.monotonic() - started:.0f}s): {shown}",
-                              file=sys.stderr, flush=True)
-                    results.setdefault(key, {}).setdefault(system, []).append(metrics)
+    later: List[Path] = []   # run directories to remove at the end (see SystemUnderTest.cleanup)
+    try:
+        for i in range(rounds):
+            order = args.systems if i % 2 == 0 else list(reversed(args.systems))
+            for steps in groups.values():
+                for key, measure, runs in steps:
+                    if i >= runs:
+                        continue
+                    for system in order:
+                        started = time.monotonic()
+                        try:
+                            metrics = measure_once(system, key, measure, base, args.keep, later)
+                        except BenchError as e:
+                            metrics = None
+                            print(f"[{i + 1}/{runs}] {key} {system}: FAILED: {e}",
+                                  file=sys.stderr, flush=True)
+                        else:
+                            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                            print(f"[{i + 1}/{runs}] {key} {system} "
+                                  f"({time.monotonic() - started:.0f}s): {shown}",
+                                  file=sys.stderr, flush=True)
+                        results.setdefault(key, {}).setdefault(system, []).append(metrics)
+    finally:
+        for path in later:
+            shutil.rmtree(path, ignore_errors=True)
     return results
 
 

@@ -243,8 +243,11 @@ class Consumer:
 
     async def _commit(self) -> None:
         """Make the written lines durable, record them, then acknowledge them."""
+        started = time.monotonic()
         lengths = self.sink.sync()
         self.ledger.commit(lengths)
+        log.debug("committed %d message(s) in %d file(s) in %.0f ms",
+                  len(self._uncommitted), len(lengths), (time.monotonic() - started) * 1000)
         self.sink.confirm(lengths)
         replies, self._uncommitted = self._uncommitted, []
         if self.jetstream:
