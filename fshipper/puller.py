@@ -73,10 +73,13 @@ class Puller:
         return left
 
     def busy(self) -> bool:
-        """Are more messages waiting right now: arrived and not handed out, or
-        still in the stream for this consumer (as the server said with the last
-        one handed out)?"""
-        return bool(self.arrived) or self.waiting > 0
+        """Are more messages coming right now? Yes if some arrived and were not
+        handed out yet, if the stream still holds more for this consumer (the
+        server's count, sent with the last one handed out: a backlog), or if
+        the open request has started to deliver and is not used up (a steady
+        flow)."""
+        return (any(_status(m) is None for m in self.arrived) or self.waiting > 0
+                or (self._open() and self.owed < self.batch))
 
     def _open(self) -> bool:
         return self.owed > 0 and self.bytes_owed > 0 and time.monotonic() < self.expires_at
@@ -116,7 +119,7 @@ class Puller:
         msgs: List[Msg] = []
         while self.arrived:
             msg = self.arrived.popleft()
-            status = msg.headers.get(STATUS) if msg.headers else None
+            status = _status(msg)
             if status is None:
                 self.owed -= 1
                 self.bytes_owed -= len(msg.data) + len(msg.subject)
@@ -129,3 +132,8 @@ class Puller:
             except (nats.errors.Error, ValueError, IndexError):
                 self.waiting = 0
         return msgs
+
+
+def _status(msg: Msg) -> Optional[str]:
+    """The status code of a server notice (heartbeat, request ended), None for a message."""
+    return msg.headers.get(STATUS) if msg.headers else None

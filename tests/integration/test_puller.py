@@ -17,7 +17,7 @@ def test_busy_while_the_stream_holds_more_than_one_request_brings(nats_server):
         await js.add_consumer("T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT))
         for n in range(35):
             await js.publish("t.x", b"%d" % n)
-        puller = Puller(nc, "T", "c", batch=10, max_bytes=1 << 20, wait=1.0)
+        puller = Puller(nc, "T", "c", batch=10, max_bytes=1 << 20, wait=0.5)
         await puller.start()
         seen, busy = [], []
         while len(seen) < 35:
@@ -26,9 +26,12 @@ def test_busy_while_the_stream_holds_more_than_one_request_brings(nats_server):
             busy.append((len(seen), puller.busy()))
         assert seen == list(range(35))
         assert all(flag for count, flag in busy if count < 30), busy   # 5+ still in the stream
-        assert busy[-1] == (35, False), busy                           # all handed out, none coming
-        await js.publish("t.x", b"35")                                 # one more, alone
+        await asyncio.sleep(0.6)       # the open request (5 of 10 delivered) expires
+        assert not puller.busy()       # all handed out, nothing in the stream, none coming
+        await js.publish("t.x", b"35")
         assert [int(m.data) for m in await puller.fetch(5.0)] == [35]
+        assert puller.busy()           # a request is delivering: more may follow at once
+        await asyncio.sleep(0.6)
         assert not puller.busy()
         await puller.stop()
         await nc.close()
