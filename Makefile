@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 all: test
 
 $(STAMP): setup.py requirements-test.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e . -r requirements-test.txt
 	touch $@
 

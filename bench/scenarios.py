@@ -70,6 +70,10 @@ def _rss(sut: SystemUnderTest) -> Metrics:
 
 def _stop_and_verify(sut: SystemUnderTest, expected, host_dir: Path) -> None:
     sut.stop()
+    _verify(sut, expected, host_dir)
+
+
+def _verify(sut: SystemUnderTest, expected, host_dir: Path) -> None:
     error = verify(expected, host_dir)
     if error:
         raise BenchError(f"{sut.name}: output is not the input: {error}")
@@ -190,9 +194,7 @@ def fanin(sut: SystemUnderTest, hosts: int, lines_per_host: int, size: int,
     metrics = _rss(sut)
     sut.stop()
     for h in range(1, hosts + 1):
-        error = verify(host_lines(h, lines_per_host, size), sut.host_dir(host_name(h)))
-        if error:
-            raise BenchError(f"{sut.name}: output is not the input: {error}")
+        _verify(sut, host_lines(h, lines_per_host, size), sut.host_dir(host_name(h)))
     total = hosts * lines_per_host
     metrics.update(lines_per_s=total / (t1 - t0), seconds=t1 - t0,
                    publish_lines_per_s=total / (float(published) - t0),

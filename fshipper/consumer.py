@@ -24,7 +24,7 @@ from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink, safe_host
-from .util import Backoff
+from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class Consumer:
         self.ready()
         try:
             connecting = asyncio.ensure_future(connection.connect(self.settings))
-            done, _ = await asyncio.wait({connecting, asyncio.ensure_future(stop.wait())},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if connecting not in done:
+            if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
                 return
             self.nc = connecting.result()
@@ -102,10 +100,7 @@ class Consumer:
                 delay = backoff.next_delay()
                 log.warning("cannot set up stream %s yet (%s); retry in %.1fs",
                             self.settings.stream, str(e) or type(e).__name__, delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
+                await sleep(delay, stop)
 
     async def _serve(self, number: int, stop: asyncio.Event) -> None:
         name = streams.consumer_name(self.settings, number)
@@ -122,7 +117,7 @@ class Consumer:
                     if self._uncommitted:  # quiet now: commit what was gathered
                         delay = await self._commit_or_fail(number, backoff)
                         if delay:
-                            await _sleep(delay, stop)
+                            await sleep(delay, stop)
                         continue
                     self._housekeeping()
                     await self._recheck(number)
@@ -131,7 +126,7 @@ class Consumer:
                     delay = backoff.next_delay()
                     log.warning("partition %d: fetch failed (%s); retry in %.1fs",
                                 number, str(e) or type(e).__name__, delay)
-                    await _sleep(delay, stop)
+                    await sleep(delay, stop)
                     continue
                 delay = await self._handle(number, msgs, backoff, more=puller.busy())
                 if delay:
@@ -162,7 +157,7 @@ class Consumer:
                 msgs.append(await sub.next_msg())
             delay = await self._handle(number, msgs, backoff)
             if delay:
-                await _sleep(delay, stop)
+                await sleep(delay, stop)
         await sub.unsubscribe()
 
     async def _recheck(self, number: int) -> None:
@@ -252,7 +247,7 @@ class Consumer:
         replies, self._uncommitted = self._uncommitted, []
         if self.jetstream:
             for reply in replies:
-                await _publish(self.nc, reply, b"")  # an empty reply acknowledges
+                await _reply(self.nc.publish(reply, b""))  # an empty reply acknowledges
         
     async def _fail(self, number: int, error: OSError, msgs: List[Msg], refused: List[Msg],
                     backoff: Backoff) -> float:
@@ -266,7 +261,7 @@ class Consumer:
         if self.jetstream:
             nak = b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
             for reply in replies:
-                await _publish(self.nc, reply, nak)
+                await _reply(self.nc.publish(reply, nak))
             for msg in refused:
                 await _reply(msg.term())
         return delay
@@ -323,23 +318,9 @@ def _stored_at(msg: Msg) -> float:
     return msg.metadata.timestamp.timestamp()   # the longer forms, parsed by nats-py
 
 
-async def _publish(nc, subject: str, payload: bytes) -> None:
-    try:
-        await nc.publish(subject, payload)
-    except (nats.errors.Error, OSError) as e:
-        log.debug("acknowledgement not sent: %s", e)
-
-
 async def _reply(aw) -> None:
     """An ack/nak/term that cannot be sent is fine: the server redelivers later."""
     try:
         await aw
     except (nats.errors.Error, OSError) as e:
         log.debug("acknowledgement not sent: %s", e)
-
-
-async def _sleep(delay: float, stop: asyncio.Event) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), delay)
-    except asyncio.TimeoutError:
-        pass

@@ -18,8 +18,6 @@ import signal
 import sys
 from typing import Optional
 
-log = logging.getLogger(__name__)
-
 READY_TIMEOUT = 120.0
 
 

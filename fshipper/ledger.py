@@ -113,9 +113,7 @@ class Ledger:
         if not self._pending and not lengths:
             return
         line = json.dumps({"s": self._pending, "f": lengths}, separators=(",", ":")).encode() + b"\n"
-        if self._journal is None:
-            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-            self._journal_size = os.fstat(self._journal).st_size
+        self._open_journal()
         try:
             written = os.write(self._journal, line)
             if written != len(line):
@@ -144,11 +142,15 @@ class Ledger:
         """Write the snapshot, then empty the journal (a crash between is harmless)."""
         data = {"version": 1, "sources": self.sources, "files": self.files}
         atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
-        if self._journal is None:
-            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._open_journal()
         os.ftruncate(self._journal, 0)
         os.fsync(self._journal)
         self._journal_size = 0
+
+    def _open_journal(self) -> None:
+        if self._journal is None:
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            self._journal_size = os.fstat(self._journal).st_size
 
     def close(self) -> None:
         if self._journal is not None:

@@ -8,7 +8,6 @@ range it forms message identities that stay the same across restarts.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import uuid
@@ -16,8 +15,6 @@ from typing import Optional, Tuple
 
 from .follower import FileRef
 from .util import atomic_write
-
-log = logging.getLogger(__name__)
 
 
 class StateError(Exception):

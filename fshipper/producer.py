@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Awaitable, Callable, Deque, List, Optional
+from typing import Callable, Deque, Optional
 
 import nats.errors
 import nats.js.errors
@@ -21,7 +21,7 @@ from . import connection, wire
 from .config import Settings
 from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
-from .util import Backoff
+from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,6 @@ def _failure(future: "asyncio.Future") -> Optional[BaseException]:
     if future.cancelled():
         return asyncio.CancelledError("publish abandoned")
     return future.exception()
-
-
-async def _first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -> bool:
-    """Wait for `aw` (shielded), `stop` or the timeout; True if `aw` finished."""
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done() and not task.cancelled():
-        task.exception()  # the caller reads the outcome from `aw`; unread, asyncio logs an error
-    return task.done()
 
 
 class Producer:
@@ -84,7 +71,7 @@ class Producer:
         window = self.settings.shipper_max_inflight * self.max_bytes
         connecting = asyncio.ensure_future(connection.connect(self.settings, pending_bytes=2 * window + (1 << 20)))
         try:
-            if not await _first(asyncio.shield(connecting), stop, None):
+            if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
                 return
             self.nc = connecting.result()
@@ -112,7 +99,7 @@ class Producer:
                 await self._idle(stop)
                 continue
             head = self.window[0]
-            if not await _first(asyncio.shield(head.future), stop, ACK_TIMEOUT):
+            if not await first(asyncio.shield(head.future), stop, ACK_TIMEOUT):
                 if stop.is_set():
                     break
                 await self._recover(js, stop, asyncio.TimeoutError("no confirmation within %.0fs" % ACK_TIMEOUT))
@@ -135,8 +122,10 @@ class Producer:
             self.window.append(Sent(chunk, future))
 
     async def _publish(self, js, chunk: Chunk) -> "asyncio.Future":
-        hdrs = wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
-        return await js.publish_async(self.subject, chunk.payload, headers=hdrs)
+        return await js.publish_async(self.subject, chunk.payload, headers=self._headers(chunk))
+
+    def _headers(self, chunk: Chunk) -> dict:
+        return wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Nothing to send: wait for the file to change. A confirmed position not
@@ -144,7 +133,7 @@ class Producer:
         every line: that would put two fsyncs in each line's path)."""
         self.store.flush_due()
         timeout = self.store.min_interval if self.store.pending else POLL_SECONDS
-        await _first(self.follower.wait(timeout), stop, None)
+        await first(self.follower.wait(timeout), stop, None)
 
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
@@ -158,11 +147,7 @@ class Producer:
     async def _recover(self, js, stop: asyncio.Event, error: BaseException) -> None:
         """Send every unconfirmed message again, in order, after a back-off."""
         self._confirm()
-        for sent in self.window:
-            if not sent.future.done():
-                sent.future.cancel()
-            else:
-                _failure(sent.future)  # read, or asyncio logs it as an error when it is dropped
+        self._abandon()
         delay = self.backoff.next_delay()
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream answers for %s.> (not set up yet: run 'fshipper setup' or start a "
@@ -171,7 +156,7 @@ class Producer:
         else:
             log.warning("publish not confirmed (%s); %d message(s) will be sent again in %.1fs",
                         str(error) or type(error).__name__, len(self.window), delay)
-        await _first(asyncio.sleep(delay), stop, None)
+        await sleep(delay, stop)
         if stop.is_set():
             return
         try:
@@ -179,9 +164,15 @@ class Producer:
                 sent.future = await self._publish(js, sent.chunk)
         except (nats.errors.Error, OSError) as e:
             log.debug("re-publish failed: %s", e)
-            for sent in self.window:
-                if not sent.future.done():
-                    sent.future.cancel()
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Stop waiting for the confirmations of the window (it is sent again later)."""
+        for sent in self.window:
+            if not sent.future.done():
+                sent.future.cancel()
+            else:
+                _failure(sent.future)  # read, or asyncio logs it as an error when it is dropped
 
     async def _settle(self) -> None:
         """On stop: wait a little for confirmations; the rest is sent again next start."""
@@ -193,9 +184,7 @@ class Producer:
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 break
             self._confirm()
-        for sent in self.window:
-            if not sent.future.done():
-                sent.future.cancel()
+        self._abandon()
         if self.window:
             log.info("stopping with %d unconfirmed message(s); they are sent again at the next start",
                      len(self.window))
@@ -203,24 +192,24 @@ class Producer:
     # --- core NATS: at most once, as the original design ------------------------------
 
     async def _ship_core(self, stop: asyncio.Event) -> None:
-        pending: List[Chunk] = []
+        last: Optional[Chunk] = None   # the last chunk sent since the last flush
+        unflushed = 0
         while not stop.is_set():
             chunk = self.follower.read(self.max_bytes)
             if chunk is not None:
                 try:
-                    hdrs = wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
-                    await self.nc.publish(self.subject, chunk.payload, headers=hdrs)
+                    await self.nc.publish(self.subject, chunk.payload, headers=self._headers(chunk))
                 except (nats.errors.Error, OSError) as e:
                     log.warning("core publish failed (%s); lines of that message are lost", e)
-                pending.append(chunk)
-                if len(pending) < self.settings.shipper_max_inflight:
+                last, unflushed = chunk, unflushed + 1
+                if unflushed < self.settings.shipper_max_inflight:
                     continue
-            if pending:
+            if last is not None:
                 try:
                     await self.nc.flush(timeout=ACK_TIMEOUT)
                 except (nats.errors.Error, asyncio.TimeoutError) as e:
                     log.warning("flush failed: %s", e)
-                self.store.update(pending[-1].ref, pending[-1].end)
-                pending.clear()
+                self.store.update(last.ref, last.end)
+                last, unflushed = None, 0
             if chunk is None:
                 await self._idle(stop)

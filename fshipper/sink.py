@@ -19,20 +19,14 @@ import resource
 import time
 from typing import Dict, List, Optional, Tuple
 
+from .util import fsync_directory
+
 log = logging.getLogger(__name__)
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
 _SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
 WORKER_THREADS = 16  # files written or flushed at once
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def safe_host(host: str) -> bool:
@@ -62,9 +56,8 @@ class Sink:
         self.lengths: Dict[str, int] = {}   # path -> length known to be complete
         self._fds: "collections.OrderedDict[str, int]" = collections.OrderedDict()
         self._pending: Dict[str, List[bytes]] = {}
-        self._touched: set = set()
+        self._touched: set = set()             # paths written since the last confirm
         self._created: set = set()
-        self._written: set = set()             # paths written since the last confirm
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._names: Dict[Tuple[float, float], str] = {}
 
@@ -111,24 +104,23 @@ class Sink:
             jobs = [(path, self._open(path), parts) for path, parts in items[i:i + step]]
             self._touched.update(path for path, _, _ in jobs)
             self._parallel(self._write_some, jobs)
-            self._written.update(path for path, _, _ in jobs)
         self._pending.clear()
 
     def sync(self) -> Dict[str, int]:
         """Make what was written since the last `confirm` durable (SHIPPER_FSYNC);
         returns the length of each file written, to record before acknowledging."""
         lengths: Dict[str, int] = {}
-        for share in self._parallel(self._sync_some, list(self._written)):
+        for share in self._parallel(self._sync_some, list(self._touched)):
             lengths.update(share)
-        created = self._created & self._written
+        created = self._created & self._touched
         if self.fsync and created:
             # New files' directory entries, and new host directories' entries in
             # the top directory: each directory once, however many files are new.
             directories = {os.path.dirname(path) for path in created}
             if self.directory:
                 directories |= {os.path.dirname(d) for d in directories if d != self.directory}
-            self._parallel(lambda share: [_fsync_directory(d) for d in share], sorted(directories))
-        self._created -= self._written
+            self._parallel(lambda share: [fsync_directory(d) for d in share], sorted(directories))
+        self._created -= self._touched
         return lengths
 
     def _parallel(self, work, jobs: list):
@@ -175,12 +167,10 @@ class Sink:
     def confirm(self, lengths: Dict[str, int]) -> None:
         self.lengths.update(lengths)
         self._touched.clear()
-        self._written.clear()
 
     def rollback(self) -> None:
         """Undo everything since the last `confirm`: drop it, cut files back."""
         self._pending.clear()
-        self._written.clear()
         for path in self._touched:
             if path in self.lengths:  # else it was never opened: nothing written
                 self._cut(path, self.lengths[path])

@@ -1,13 +1,24 @@
-"""Small helpers shared by both daemons: atomic state files and back-off."""
+"""Small helpers shared by both daemons: atomic state files, waiting, back-off."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import tempfile
+from typing import Awaitable, Optional
 
 
-def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
+def fsync_directory(directory: str) -> None:
+    """Flush a directory's entries (a new or renamed file in it)."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes) -> None:
     """Replace `path` with `data` so a crash leaves either the old or the new file.
 
     Temp file in the same directory, fsync, rename over, fsync the directory.
@@ -18,8 +29,7 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -27,12 +37,28 @@ def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
         except OSError:
             pass
         raise
-    if fsync:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_directory(directory)
+
+
+async def first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) -> bool:
+    """Wait for `aw` (shielded), `stop` or the timeout; True if `aw` finished."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done() and not task.cancelled():
+        task.exception()  # the caller reads the outcome from `aw`; unread, asyncio logs an error
+    return task.done()
+
+
+async def sleep(delay: float, stop: asyncio.Event) -> None:
+    """Sleep `delay` seconds, or less if `stop` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), delay)
+    except asyncio.TimeoutError:
+        pass
 
 
 class Backoff:

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Daemon, NatsServer, write_env  # noqa: E402
+from harness import Daemon, NatsServer, wait_until, write_env  # noqa: E402
 
 
 @pytest.fixture
@@ -48,6 +48,10 @@ class Pipeline:
     def output(self, host: str = None) -> bytes:
         return b"".join(p.read_bytes() for p in self.output_files(host))
 
+    def wait_consuming(self) -> None:
+        """Until the consumer has its pull consumer (and so the stream) in place."""
+        wait_until(lambda: "consuming" in self.consumer.tail(), 20, lambda: f"the consumer\n{self.logs()}")
+
     def logs(self) -> str:
         return f"--- producer\n{self.producer.tail()}\n--- consumer\n{self.consumer.tail()}"
 
@@ -58,11 +62,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(tmp_path, nats_server):
+def pipeline(request, tmp_path):
+    """Pipelines on the test's nats-server, started only if no NATS_URL is given."""
     made = []
 
     def make(**extra) -> Pipeline:
-        p = Pipeline(tmp_path, nats_server.url, **extra)
+        url = extra.pop("NATS_URL", None) or request.getfixturevalue("nats_server").url
+        p = Pipeline(tmp_path, url, **extra)
         made.append(p)
         return p
 

@@ -1,4 +1,4 @@
-"""Real parts for tests, the demo and the benchmarks: nats-server, daemons, waiting.
+"""Real parts for the tests and the demo: nats-server, daemons, waiting.
 
 Everything runs on loopback with free ports, in directories the caller owns.
 """
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 BIN = Path(sys.executable).parent
 
@@ -48,11 +48,9 @@ def nats_server_path() -> str:
 class NatsServer:
     """One nats-server with JetStream, file storage in `store`; restartable on the same port."""
 
-    def __init__(self, store: Path, port: Optional[int] = None, extra: Sequence[str] = (),
-                 config: Optional[str] = None) -> None:
+    def __init__(self, store: Path, port: Optional[int] = None, config: Optional[str] = None) -> None:
         self.store = Path(store)
         self.port = port or free_port()
-        self.extra = list(extra)
         self.config = config
         self.proc: Optional[subprocess.Popen] = None
         self.log = self.store.parent / f"nats-{self.port}.log"
@@ -66,7 +64,6 @@ class NatsServer:
         args = [nats_server_path(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
         if self.config:
             args += ["-c", self.config]
-        args += self.extra
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._listening, 15, f"nats-server on port {self.port}")
@@ -91,9 +88,14 @@ class NatsServer:
                 self.proc.wait()
         self.proc = None
 
-    def restart(self, kill: bool = False) -> None:
-        self.stop(kill)
-        self.start()
+
+def clean_environ(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """This process's environment without what outranks a daemon's env files
+    (SHIPPER_*, NATS_*, HOSTNAME), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SHIPPER_", "NATS_")) and k != "HOSTNAME"}
+    env.update(extra or {})
+    return env
 
 
 def write_env(path: Path, settings: Dict[str, object]) -> Path:
@@ -105,27 +107,16 @@ def write_env(path: Path, settings: Dict[str, object]) -> Path:
 class Daemon:
     """fshipper-producer or fshipper-consumer in the foreground, as a child process."""
 
-    def __init__(self, role: str, config_dir: Path, log: Path, instance: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, role: str, config_dir: Path, log: Path) -> None:
         self.role = role
         self.config_dir = Path(config_dir)
         self.log = Path(log)
-        self.instance = instance
-        self.env = env or {}
         self.proc: Optional[subprocess.Popen] = None
 
-    def command(self, *extra: str) -> List[str]:
-        args = [str(BIN / f"fshipper-{self.role}"), "--foreground", "--config-dir", str(self.config_dir)]
-        if self.instance:
-            args += ["--instance", self.instance]
-        return args + list(extra)
-
     def start(self) -> "Daemon":
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "NATS_"))}
-        env.pop("HOSTNAME", None)
-        env.update(self.env)
+        args = [str(BIN / f"fshipper-{self.role}"), "--foreground", "--config-dir", str(self.config_dir)]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_environ())
         return self
 
     def running(self) -> bool:

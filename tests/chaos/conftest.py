@@ -23,7 +23,7 @@ COLUMNS = ("fault", "scale", "lines", "lost", "duplicated", "reordered", "seed",
 
 
 def pytest_collection_modifyitems(config, items):
-    if "chaos_long" in (config.getoption("markexpr") or "") or os.environ.get("CHAOS_LONG") == "1":
+    if "chaos_long" in (config.getoption("markexpr") or ""):
         return
     deselected = [item for item in items if item.get_closest_marker("chaos_long")]
     if deselected:

@@ -7,14 +7,12 @@ import time
 
 import pytest
 
-from harness import BIN, wait_until, write_env
+from harness import BIN, clean_environ, wait_until, write_env
 
 
 def run(*args, env=None, timeout=30):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "NATS_")) and k != "HOSTNAME"}
-    clean.update(env or {})
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
-                          env=clean, timeout=timeout)
+                          env=clean_environ(env), timeout=timeout)
 
 
 @pytest.fixture

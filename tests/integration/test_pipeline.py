@@ -61,12 +61,19 @@ def test_incomplete_last_line_is_held_until_its_newline(pipeline):
     wait_until(lambda: p.output() == b"one\ntwo\nthree\n", 20, lambda: f"the completed lines\n{p.logs()}")
 
 
-def test_producer_restart_resends_nothing_and_loses_nothing(pipeline):
-    p = pipeline()
+def _first_part_shipped(p) -> int:
+    """20,000 numbered lines, both daemons started, all of them in the output;
+    returns the next line number."""
     n = append_numbered(p.log, 1, 20_000)
     p.consumer.start()
     p.producer.start()
     wait_until(lambda: p.output_files() and len(p.output()) == p.log.stat().st_size, 30, lambda: f"first part\n{p.logs()}")
+    return n
+
+
+def test_producer_restart_resends_nothing_and_loses_nothing(pipeline):
+    p = pipeline()
+    n = _first_part_shipped(p)
     assert p.producer.stop() == 0, p.logs()
     n = append_numbered(p.log, n, 20_000)       # written while the producer is down
     p.producer.start()
@@ -80,10 +87,7 @@ def test_producer_restart_resends_nothing_and_loses_nothing(pipeline):
 
 def test_consumer_restart_loses_nothing(pipeline):
     p = pipeline()
-    n = append_numbered(p.log, 1, 20_000)
-    p.consumer.start()
-    p.producer.start()
-    wait_until(lambda: p.output_files() and len(p.output()) == p.log.stat().st_size, 30, lambda: f"first part\n{p.logs()}")
+    n = _first_part_shipped(p)
     assert p.consumer.stop() == 0, p.logs()
     n = append_numbered(p.log, n, 30_000)       # queued in the stream meanwhile
     p.consumer.start()
@@ -120,7 +124,7 @@ def _publish(url, subject, payload, headers=None):
 def test_plain_message_of_the_original_go_producer_is_written_as_a_line(pipeline, nats_server):
     p = pipeline()
     p.consumer.start()
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, lambda: f"the consumer\n{p.logs()}")
+    p.wait_consuming()
     _publish(nats_server.url, "shipper.p0.legacy-host", b"a line from the Go producer")
     _publish(nats_server.url, "shipper.p0.legacy-host", b"and another")
     wait_until(lambda: p.output_files("legacy-host") and p.output("legacy-host").count(b"\n") == 2, 20,
@@ -147,7 +151,7 @@ def test_a_plain_subscriber_writing_payload_and_newline_gets_the_original_lines(
         return bytes(got)
 
     p.consumer.start()   # creates the stream
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, lambda: f"the consumer\n{p.logs()}")
+    p.wait_consuming()
     p.producer.start()
     assert asyncio.run(collect()) == p.log.read_bytes()
 
@@ -157,7 +161,7 @@ def test_duplicate_message_from_a_republish_is_written_once(pipeline, nats_serve
     window) is acknowledged and skipped; an overlapping range writes only its new tail."""
     p = pipeline()
     p.consumer.start()
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, lambda: f"the consumer\n{p.logs()}")
+    p.wait_consuming()
     subject = "shipper.p0.dup-host"
     pos = lambda s, e: {"Fshipper-Pos": f"origin1 0 {s} {e} - -"}
     _publish(nats_server.url, subject, b"l1\nl2", pos(0, 6))
@@ -173,7 +177,7 @@ def test_a_range_arriving_before_its_predecessor_waits_for_it(pipeline, nats_ser
     """Stream order k+1, k (a re-send after a lost publish): written k, k+1."""
     p = pipeline()
     p.consumer.start()
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, lambda: f"the consumer\n{p.logs()}")
+    p.wait_consuming()
     subject = "shipper.p0.order-host"
     pos = lambda s, e: {"Fshipper-Pos": f"origin2 0 {s} {e} - -"}
     _publish(nats_server.url, subject, b"first", pos(0, 6))
@@ -210,7 +214,7 @@ def test_without_directory_every_host_goes_into_one_file(pipeline, nats_server, 
     single = tmp_path / "central" / "all.log"
     p = pipeline(SHIPPER_OUTPUT=single, SHIPPER_DIRECTORY="")
     p.consumer.start()
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, p.logs)
+    p.wait_consuming()
     _publish(nats_server.url, "shipper.p0.host-a", b"from a")
     _publish(nats_server.url, "shipper.p0.host-b", b"from b")
     wait_until(lambda: list(single.parent.glob("all.log-*")) and

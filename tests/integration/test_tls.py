@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 
-from conftest import Pipeline
 from harness import NatsServer, append_numbered, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make certificates")
@@ -36,7 +35,7 @@ def pki(tmp_path):
     return d
 
 
-def test_shipping_over_tls_with_a_client_certificate(tmp_path, pki):
+def test_shipping_over_tls_with_a_client_certificate(tmp_path, pki, pipeline):
     conf = tmp_path / "nats-tls.conf"
     conf.write_text(f"""
 tls {{
@@ -47,14 +46,13 @@ tls {{
 }}
 """)
     server = NatsServer(tmp_path / "js", config=str(conf)).start()
-    p = Pipeline(tmp_path, f"tls://127.0.0.1:{server.port}", NATS_CA=pki / "ca.pem",
-                 NATS_CERTIFICATE=pki / "client.pem", NATS_KEY=pki / "client-key.pem")
     try:
+        p = pipeline(NATS_URL=f"tls://127.0.0.1:{server.port}", NATS_CA=pki / "ca.pem",
+                     NATS_CERTIFICATE=pki / "client.pem", NATS_KEY=pki / "client-key.pem")
         append_numbered(p.log, 1, 2_000)
         p.consumer.start()
         p.producer.start()
         wait_until(lambda: p.output_files() and len(p.output()) >= p.log.stat().st_size, 30, p.logs)
         assert p.output() == p.log.read_bytes()
     finally:
-        p.stop()
-        server.stop()
+        server.stop()   # the fixture stops the daemons

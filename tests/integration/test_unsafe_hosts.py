@@ -13,7 +13,7 @@ UNSAFE = ["a/b", "~root", "-rf", ".hidden", "..", "x/../../escape", "bad\\name"]
 def test_unsafe_host_names_write_nothing_outside_and_good_hosts_carry_on(pipeline, nats_server, tmp_path):
     p = pipeline()
     p.consumer.start()
-    wait_until(lambda: "consuming" in p.consumer.tail(), 20, p.logs)
+    p.wait_consuming()
 
     async def publish():
         nc = await nats.connect(nats_server.url)
