@@ -1,8 +1,8 @@
 """fshipper-consumer: pull each partition, write one file per host, acknowledge after.
 
-Per batch: decide for every message (write, duplicate, early, refuse), write and
-fsync the files, record positions and lengths in the ledger, and only then
-acknowledge. A failure anywhere before the ledger is saved rolls the batch back
+Per batch: decide for every message (write, duplicate, early, refuse), record
+the length of any file not written before, write and fsync the files, record
+positions and lengths in the ledger, and only then acknowledge. A failure anywhere before the ledger is saved rolls the batch back
 and asks for redelivery after a back-off; the partition waits meanwhile, so no
 later line of a host is written ahead of an earlier one.
 """
@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Tuple
 import nats.errors
 from nats.aio.msg import Msg
 
-from . import connection, streams, wire
+from . import connection, failpoint, streams, wire
 from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
@@ -187,6 +187,7 @@ class Consumer:
         messages are waiting (`more`), else once COMMIT_EVERY has passed, so a
         busy consumer pays one fsync per file for several batches.
         """
+        failpoint.reach("consumer-batch")
         acks: List[Msg] = []
         early: List[Tuple[Msg, float]] = []
         refused: List[Msg] = []
@@ -205,6 +206,10 @@ class Consumer:
                 acks.append(msg)
                 written_bytes += decision
         try:
+            fresh = self.sink.unrecorded()
+            if fresh:
+                self.ledger.note_files(fresh)
+            failpoint.reach("consumer-write")
             self.sink.write()
         except OSError as e:
             return await self._fail(number, e, acks + [m for m, _ in early], refused, backoff)
@@ -240,6 +245,7 @@ class Consumer:
         """Make the written lines durable, record them, then acknowledge them."""
         started = time.monotonic()
         lengths = self.sink.sync()
+        failpoint.reach("consumer-commit")
         self.ledger.commit(lengths)
         log.debug("committed %d message(s) in %d file(s) in %.0f ms",
                   len(self._uncommitted), len(lengths), (time.monotonic() - started) * 1000)
@@ -291,8 +297,8 @@ class Consumer:
                 self.counters.early += 1
                 return min(0.2 * msg.metadata.num_delivered, 5.0)
             self.counters.gaps += 1
-            log.error("host %s: the range before %s never came within %.0fs; writing on (a gap in the output)",
-                      host, pos.encode(), self.settings.shipper_gap_timeout)
+            log.error("host %s: %s never came within %.0fs; writing on from %s (a gap in the output)",
+                      host, self._missing(host, pos), self.settings.shipper_gap_timeout, pos.encode())
         self._early_since.pop(key, None)
         if skip:  # the start of this range was written already
             tail = tail[max(0, skip - len(payload)):]
@@ -300,6 +306,15 @@ class Consumer:
         self.sink.append(path, payload, tail)
         self.ledger.advance(host, pos)
         return len(payload) + len(tail)
+
+    def _missing(self, host: str, pos: wire.Position) -> str:
+        """The range a gap leaves out, for the log."""
+        last = self.ledger.last(host, pos.origin)
+        if last is not None:
+            return f"producer {pos.origin}'s lines from file {last[0]} byte {last[1]} on"
+        first = f"file {pos.first[0]} byte {pos.first[1]}" if pos.first else "its first file"
+        return (f"producer {pos.origin}'s lines from {first} (no record of it here: expired from "
+                "the stream, or written under another state directory)")
 
     def _refuse(self, subject: str) -> None:
         self.counters.refused += 1

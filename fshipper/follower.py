@@ -60,9 +60,9 @@ class Chunk:
     payload: memoryview  # the lines without their final newline
     more: bool
 
-    def position(self, origin: str) -> wire.Position:
+    def position(self, origin: str, first: Optional[Tuple[int, int]] = None) -> wire.Position:
         ref = self.ref
-        return wire.Position(origin, ref.gen, self.start, self.end, ref.prev_gen, ref.prev_end)
+        return wire.Position(origin, ref.gen, self.start, self.end, ref.prev_gen, ref.prev_end, first)
 
 
 def _fingerprint(fd: int, length: int) -> str:

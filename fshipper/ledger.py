@@ -3,6 +3,12 @@ per output file, the length that is complete. Saved after each batch's writes an
 before its acknowledgements, so a message seen again — a redelivery after a crash,
 a producer's re-publish after the duplicate window — is recognised.
 
+A file the ledger does not know yet is recorded (with its length then) before
+the first write to it, so a restart can cut whatever a crash left there
+unrecorded; a producer it has no record of is written from the start of its
+chain only (the message says where that is), so a message that overtook the
+first ones — theirs held for a dead consumer until ack_wait — waits for them.
+
 Two files in SHIPPER_STATE_DIR: `<name>.ledger`, a snapshot replaced atomically,
 and `<name>.journal`, one JSON line per batch (what changed), fsynced. A batch
 costs what it changed, not the number of hosts ever seen; the journal is folded
@@ -90,10 +96,9 @@ class Ledger:
         EARLY: a range that starts after what was written — a message before it
         is still to come (it was re-sent after this one), so this one must wait.
         """
-        key = f"{host} {pos.origin}"
-        last = self._pending.get(key) or self.sources.get(key)
+        last = self.last(host, pos.origin)
         if last is None:
-            return WRITE, 0
+            return (WRITE, 0) if pos.begins_chain() else (EARLY, 0)
         gen, end = last[0], last[1]
         if pos.gen < gen or (pos.gen == gen and pos.end <= end):
             return DUPLICATE, 0
@@ -102,6 +107,11 @@ class Ledger:
         if pos.start == 0 and (pos.prev_gen, pos.prev_end) == (gen, end):
             return WRITE, 0
         return EARLY, 0
+
+    def last(self, host: str, origin: str) -> Optional[list]:
+        """[gen, end, time] of what was last written of `origin`, None if unknown."""
+        key = f"{host} {origin}"
+        return self._pending.get(key) or self.sources.get(key)
 
     def advance(self, host: str, pos: Position) -> None:
         self._pending[f"{host} {pos.origin}"] = [pos.gen, pos.end, int(time.time())]
@@ -112,7 +122,22 @@ class Ledger:
         """Record the batch durably; on failure nothing changes (and it raises)."""
         if not self._pending and not lengths:
             return
-        line = json.dumps({"s": self._pending, "f": lengths}, separators=(",", ":")).encode() + b"\n"
+        self._append({"s": self._pending, "f": lengths})
+        self.sources.update(self._pending)
+        self.files.update(lengths)
+        self._pending.clear()
+        self._fold_if_large()
+
+    def note_files(self, lengths: Dict[str, int]) -> None:
+        """Record new output files' lengths before anything is written to them,
+        so what a crash leaves there unrecorded is cut at the next start."""
+        self._append({"s": {}, "f": lengths})
+        self.files.update(lengths)
+        self._fold_if_large()
+
+    def _append(self, entry: dict) -> None:
+        """One journal line, synced; on failure the journal is as before (and it raises)."""
+        line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         self._open_journal()
         try:
             written = os.write(self._journal, line)
@@ -126,9 +151,8 @@ class Ledger:
                 pass
             raise
         self._journal_size += len(line)
-        self.sources.update(self._pending)
-        self.files.update(lengths)
-        self._pending.clear()
+
+    def _fold_if_large(self) -> None:
         if self._journal_size > JOURNAL_MAX:
             try:
                 self._fold()

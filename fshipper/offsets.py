@@ -2,7 +2,10 @@
 
 Saved only after the server acknowledged the data, atomically. The `origin` is a
 random name made when the state is first created; with the file number and byte
-range it forms message identities that stay the same across restarts.
+range it forms message identities that stay the same across restarts. `first`,
+the file number and byte of the first message ever sent under this origin, is
+recorded before that message is sent and travels in every message: a consumer
+that has no record of the origin writes from there, and waits for it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class PositionStore:
         self.path = os.path.join(state_dir, f"{name}.position")
         self.min_interval = min_interval
         self.origin = ""
+        self.first: Optional[Tuple[int, int]] = None
         self._saved: Optional[Tuple[dict, int]] = None
         self._pending: Optional[Tuple[FileRef, int]] = None
         self._last_write = 0.0
@@ -45,7 +49,11 @@ class PositionStore:
             if data.get("file") is None:
                 return None
             ref, offset = FileRef.from_dict(data["file"]), int(data["offset"])
-        except (ValueError, KeyError, TypeError) as e:
+            # Saved by fshipper 0.1, which did not record it: everything before
+            # the saved position was confirmed, so the chain can start there.
+            first = data.get("first") or (ref.gen, offset)
+            self.first = (int(first[0]), int(first[1]))
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StateError(f"{self.path}: unreadable position ({e}); move it away to start over "
                              "(the file is then shipped again from its beginning)") from None
         self._saved = (ref.to_dict(), offset)
@@ -69,7 +77,9 @@ class PositionStore:
         the same file. Without this, a crash before the first confirmation saved
         no file, and the next start numbered whatever file was there then (after
         a rotation, another one) 0 again: the consumer took its lines for repeats.
+        It is also where this origin's chain begins (`first`).
         """
+        self.first = (ref.gen, offset)
         self._write(ref, offset)
 
     @property
@@ -92,7 +102,8 @@ class PositionStore:
         self._write(ref, offset)
 
     def _write(self, ref: Optional[FileRef], offset: int) -> None:
-        data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset}
+        data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset,
+                "first": self.first}
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode() + b"\n")
         self._saved = (ref.to_dict(), offset) if ref else None
         self._last_write = time.monotonic()

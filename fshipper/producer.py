@@ -125,7 +125,7 @@ class Producer:
         return await js.publish_async(self.subject, chunk.payload, headers=self._headers(chunk))
 
     def _headers(self, chunk: Chunk) -> dict:
-        return wire.headers(self.host, chunk.position(self.store.origin), chunk.more)
+        return wire.headers(self.host, chunk.position(self.store.origin, self.store.first), chunk.more)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Nothing to send: wait for the file to change. A confirmed position not

@@ -88,6 +88,17 @@ class Sink:
         """Queue bytes (or memoryviews) for `path`; written in order by `write`."""
         self._pending.setdefault(path, []).extend(p for p in parts if len(p))
 
+    def unrecorded(self) -> Dict[str, int]:
+        """Open the files that what was collected goes to for the first time, and
+        return their lengths now: recorded before anything is written to them,
+        so a restart can cut what a crash leaves there."""
+        fresh = {}
+        for path in self._pending:
+            if path not in self.lengths:
+                self._open(path)
+                fresh[path] = self.lengths[path]
+        return fresh
+
     def write(self) -> None:
         """Write what was collected (visible at once; durable after `sync`).
 

@@ -7,10 +7,15 @@
 - Headers (all optional for a reader):
   Nats-Msg-Id    <host>:<origin>:<gen>:<start>:<end>, stable across restarts, so
                  JetStream drops a re-publish inside its duplicate window.
-  Fshipper-Pos   "<origin> <gen> <start> <end> <prev_gen> <prev_end>": the byte
-                 range [start, end) of file number <gen> of the producer <origin>,
-                 and the position the producer sent before this file ("- -" if
-                 none). The consumer uses it to write each range exactly once.
+  Fshipper-Pos   "<origin> <gen> <start> <end> <prev_gen> <prev_end> <first_gen> <first_start>":
+                 the byte range [start, end) of file number <gen> of the producer
+                 <origin>; the position the producer sent before this file ("- -"
+                 if none); and where the producer's first message began, the start
+                 of its chain. The consumer uses it to write each range exactly
+                 once: a producer it has no record of is written from the start of
+                 its chain, never from a later message that overtook the first.
+                 The six-field form of fshipper 0.1 is still read (its chain is
+                 taken to start at the first file's byte 0).
   Fshipper-Part  "more": the payload is part of a line that continues in the next
                  message (a line longer than one message); no newline after it.
 """
@@ -69,25 +74,34 @@ class Position:
     end: int
     prev_gen: Optional[int] = None
     prev_end: Optional[int] = None
+    first: Optional[Tuple[int, int]] = None  # (gen, start) of the producer's first message
 
     def encode(self) -> str:
         prev = "- -" if self.prev_gen is None else f"{self.prev_gen} {self.prev_end}"
-        return f"{self.origin} {self.gen} {self.start} {self.end} {prev}"
+        first = "- -" if self.first is None else f"{self.first[0]} {self.first[1]}"
+        return f"{self.origin} {self.gen} {self.start} {self.end} {prev} {first}"
 
     @classmethod
     def decode(cls, text: str) -> Optional["Position"]:
         parts = text.split()
-        if len(parts) != 6:
+        if len(parts) not in (6, 8):
             return None
         try:
             gen, start, end = int(parts[1]), int(parts[2]), int(parts[3])
             prev_gen = None if parts[4] == "-" else int(parts[4])
             prev_end = None if parts[5] == "-" else int(parts[5])
+            first = None if len(parts) == 6 or parts[6] == "-" else (int(parts[6]), int(parts[7]))
         except ValueError:
             return None
         if not (0 <= start < end) or gen < 0:
             return None
-        return cls(parts[0], gen, start, end, prev_gen, prev_end)
+        return cls(parts[0], gen, start, end, prev_gen, prev_end, first)
+
+    def begins_chain(self) -> bool:
+        """Is this the producer's very first message (nothing of `origin` before it)?"""
+        if self.first is not None:
+            return (self.gen, self.start) == self.first
+        return self.prev_gen is None and self.start == 0  # the six-field form
 
 
 def headers(host: str, pos: Position, more: bool) -> dict:

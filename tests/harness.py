@@ -113,10 +113,16 @@ class Daemon:
         self.log = Path(log)
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self) -> "Daemon":
+    def start(self, failpoint: Optional[str] = None) -> "Daemon":
+        """Start it; `failpoint` ("<step>:<n>", see fshipper.failpoint) makes it
+        kill itself with SIGKILL the n-th time it reaches that step."""
         args = [str(BIN / f"fshipper-{self.role}"), "--foreground", "--config-dir", str(self.config_dir)]
+        env = clean_environ()
+        env.pop("FSHIPPER_FAILPOINT", None)
+        if failpoint:
+            env["FSHIPPER_FAILPOINT"] = failpoint
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=clean_environ())
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def running(self) -> bool:

@@ -2,8 +2,8 @@ from fshipper.ledger import DUPLICATE, EARLY, WRITE, Ledger
 from fshipper.wire import Position
 
 
-def P(gen, start, end, prev=(None, None), origin="o1"):
-    return Position(origin, gen, start, end, prev[0], prev[1])
+def P(gen, start, end, prev=(None, None), origin="o1", first=(0, 0)):
+    return Position(origin, gen, start, end, prev[0], prev[1], first)
 
 
 def test_in_order_ranges_are_written_and_repeats_are_duplicates(tmp_path):
@@ -15,6 +15,27 @@ def test_in_order_ranges_are_written_and_repeats_are_duplicates(tmp_path):
     assert ledger.check("h", P(0, 10, 30)) == (WRITE, 0)
     assert ledger.check("h", P(0, 20, 30)) == (EARLY, 0)       # 10..20 still to come
     assert ledger.check("h", P(0, 0, 10, origin="o2")) == (WRITE, 0)  # another producer
+
+
+def test_a_producer_without_a_record_is_written_from_the_start_of_its_chain_only(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    assert ledger.check("h", P(0, 30, 40)) == (EARLY, 0)        # overtook 0..30: wait for it
+    assert ledger.check("h", P(1, 0, 40, prev=(0, 30))) == (EARLY, 0)
+    assert ledger.check("h", P(2, 500, 600, first=(2, 500))) == (WRITE, 0)
+    assert ledger.check("h", P(0, 0, 30)) == (WRITE, 0)
+    ledger.advance("h", P(0, 0, 30))
+    assert ledger.check("h", P(0, 30, 40)) == (WRITE, 0)
+
+
+def test_new_files_are_recorded_before_they_are_written(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    ledger.advance("h", P(0, 0, 10))
+    ledger.note_files({"/out/h/app": 0})
+    again = Ledger(str(tmp_path), "consumer")
+    again.load(existing_file=lambda p: True)
+    assert again.files == {"/out/h/app": 0}
+    assert again.check("h", P(0, 0, 10)) == (WRITE, 0)   # the range itself was not committed
 
 
 def test_next_file_follows_only_from_the_recorded_end(tmp_path):

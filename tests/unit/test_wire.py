@@ -52,8 +52,9 @@ def test_unframe_adds_the_newline_back_except_for_parts():
 def test_position_round_trip_and_headers():
     pos = wire.Position("abc", 3, 100, 250, 2, 4096)
     assert wire.Position.decode(pos.encode()) == pos
-    first = wire.Position("abc", 0, 0, 10)
-    assert first.encode() == "abc 0 0 10 - -"
+    first = wire.Position("abc", 0, 0, 10, first=(0, 0))
+    assert first.encode() == "abc 0 0 10 - - 0 0"
+    assert wire.Position.decode(first.encode()) == first
     hdrs = wire.headers("web1", pos, more=True)
     assert hdrs["Nats-Msg-Id"] == "web1:abc:3:100:250"
     assert wire.read_headers(hdrs) == (pos, True)
@@ -61,6 +62,18 @@ def test_position_round_trip_and_headers():
     assert wire.read_headers({"Other": "x"}) == (None, False)
 
 
-@pytest.mark.parametrize("text", ["", "a b c", "a 1 10 5 - -", "a -1 0 5 - -", "a x 0 5 - -"])
+def test_where_a_chain_begins():
+    assert wire.Position("o", 2, 100, 200, first=(2, 100)).begins_chain()
+    assert not wire.Position("o", 2, 200, 300, first=(2, 100)).begins_chain()
+    assert not wire.Position("o", 3, 0, 300, 2, 200, first=(2, 100)).begins_chain()
+    # The six-field form of fshipper 0.1: a chain begins at byte 0 of a file with nothing before it.
+    legacy = wire.Position.decode("o 0 0 10 - -")
+    assert legacy == wire.Position("o", 0, 0, 10) and legacy.begins_chain()
+    assert not wire.Position.decode("o 0 10 20 - -").begins_chain()
+    assert not wire.Position.decode("o 1 0 20 0 10").begins_chain()
+
+
+@pytest.mark.parametrize("text", ["", "a b c", "a 1 10 5 - -", "a -1 0 5 - -", "a x 0 5 - -",
+                                  "a 0 0 5 - - 0", "a 0 0 5 - - x 0"])
 def test_bad_positions_are_ignored(text):
     assert wire.Position.decode(text) is None
