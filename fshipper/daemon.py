@@ -11,6 +11,7 @@ the reason on stderr.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import logging.handlers
 import os
@@ -63,6 +64,42 @@ class PidFile:
                 return int(f.read().strip() or 0) or None
         except (OSError, ValueError):
             return None
+
+
+class StateLock:
+    """Holds `<state_dir>/<name>.lock` while a daemon works on that state (its
+    position, or its ledger and journal): two daemons on one state would each
+    take the other's writes for their own. A pidfile does not stop that (another
+    --pidfile, another unit); a lock on the state does. flock: the kernel
+    releases it when the process ends, however it ends."""
+
+    def __init__(self, settings) -> None:
+        self.path = self.path_for(settings)
+        self.fd: Optional[int] = None
+
+    @staticmethod
+    def path_for(settings) -> str:
+        return os.path.join(settings.shipper_state_dir, f"{settings.name}.lock")
+
+    def __enter__(self) -> "StateLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(f"{self.path}: this state is in use by another fshipper daemon (pid {holder}); "
+                              "each daemon needs its own (--instance or SHIPPER_STATE_DIR)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _alive(pid: int) -> bool:

@@ -215,3 +215,30 @@ def test_setup_is_idempotent(confdir, nats_server):
     assert "stream SHIPPER: updated" in changed.stdout, changed.stdout + changed.stderr
     status = run("fshipper", "status", "--config-dir", str(confdir), env=env)
     assert status.returncode == 0 and "consumer SHIPPER_p2: 0 pending" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer"])
+def test_two_daemons_on_one_state_cannot_both_run(confdir, tmp_path, nats_server, role):
+    """Another pidfile does not make another state: the second daemon is refused
+    with one line naming the lock and the first one's pid, and the first runs on."""
+    (tmp_path / "app.log").write_text("")
+    env = {"NATS_URL": nats_server.url}
+    first = run(f"fshipper-{role}", "--config-dir", str(confdir), "--pidfile", str(tmp_path / "a.pid"), env=env)
+    assert first.returncode == 0, first.stderr
+    pid = int((tmp_path / "a.pid").read_text())
+    try:
+        second = run(f"fshipper-{role}", "--config-dir", str(confdir), "--pidfile", str(tmp_path / "b.pid"),
+                     env=env)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip() == (f"fshipper-{role}: {tmp_path}/state/{role}.lock: this state is in use "
+                                         f"by another fshipper daemon (pid {pid}); each daemon needs its own "
+                                         "(--instance or SHIPPER_STATE_DIR)")
+        assert not (tmp_path / "b.pid").exists() and _alive(pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not _alive(pid), 15, "the daemon to stop")
+    again = run(f"fshipper-{role}", "--config-dir", str(confdir), "--pidfile", str(tmp_path / "b.pid"), env=env)
+    assert again.returncode == 0, again.stderr  # released when the first one stopped
+    pid = int((tmp_path / "b.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not _alive(pid), 15, "the daemon to stop")
