@@ -1,4 +1,5 @@
-# `make chaos`: the long fault-injection runs (tests/chaos, marker chaos_long),
+# `make chaos`: the long fault-injection runs (tests/chaos, marker chaos_long) and the
+# long profile of the consumer's model-based test (tests/model: 3,000 examples),
 # then the table of runs (fault, lines, lost, duplicated, reordered, seed, wall time),
 # also written as Markdown to $(CHAOS_REPORT).
 # CHAOS_SEED=<n> replays a run's kill schedule. The short versions run in `make test`.
@@ -6,4 +7,4 @@
 CHAOS_REPORT ?= chaos-report.md
 
 chaos: $(STAMP)
-	CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) $(PY) -m pytest -s -m chaos_long $(PYTEST_ARGS) tests/chaos
+	CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) $(PY) -m pytest -s -m chaos_long $(PYTEST_ARGS) tests/chaos tests/model

@@ -63,12 +63,16 @@ class Consumer:
         self.jetstream = settings.shipper_mode == "jetstream"
         self.nc = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def open_state(self) -> None:
+        """Load the ledger and cut every file back to what it records."""
         self.ledger.load()
         self.sink.restore(self.ledger.files)
         self.sink.reserve_descriptors()
         if self.settings.shipper_directory:
             os.makedirs(self.settings.shipper_directory, exist_ok=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.open_state()
         self.ready()
         try:
             connecting = asyncio.ensure_future(connection.connect(self.settings))

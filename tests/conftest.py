@@ -8,6 +8,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Daemon, NatsServer, wait_until, write_env  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Long runs (marker chaos_long) only where the marker expression names them (`make chaos`)."""
+    if "chaos_long" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("chaos_long")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("chaos_long")]
+
+
 @pytest.fixture
 def nats_server(tmp_path):
     server = NatsServer(tmp_path / "jetstream").start()

@@ -22,15 +22,6 @@ ROWS = []
 COLUMNS = ("fault", "scale", "lines", "lost", "duplicated", "reordered", "seed", "wall s", "notes")
 
 
-def pytest_collection_modifyitems(config, items):
-    if "chaos_long" in (config.getoption("markexpr") or ""):
-        return
-    deselected = [item for item in items if item.get_closest_marker("chaos_long")]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("chaos_long")]
-
-
 @pytest.fixture(params=["short", pytest.param("long", marks=pytest.mark.chaos_long)])
 def scale(request):
     return request.param
