@@ -26,8 +26,9 @@ demo: $(STAMP)
 	$(PY) tests/demo.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .demo
+	rm -rf $(VENV) build dist *.egg-info .demo .soak
 
 -include packaging.mk
 -include bench.mk
 -include chaos.mk
+-include soak.mk
