@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import socket
+import unicodedata
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -34,6 +35,11 @@ class DependencyError(Exception):
 
 
 # --- value converters: each raises ValueError with what was expected ----------
+
+# Blanks are ASCII space and tab only: str.strip() and \s also take Unicode
+# spaces and separators, which would vanish from what the operator sees.
+_BLANKS = " \t"
+
 
 def _text(value: str) -> str:
     if not value:
@@ -254,11 +260,21 @@ class Loaded:
     texts: Dict[str, Optional[str]]  # setting name -> the value as written
 
 
-_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+_LINE = re.compile(r"(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 
 def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
-    """Read KEY=VALUE lines (systemd EnvironmentFile subset); returns (line, key, value)."""
+    """Read KEY=VALUE lines (systemd EnvironmentFile subset); returns (line, key, value).
+
+    Lines end at "\n" only; a "\r" before it is dropped (files edited on
+    Windows). str.splitlines() would also end a line at U+2028, U+2029, NEL,
+    form feed, vertical tab or a lone "\r": "SHIPPER_FILE=/a<U+2028>NATS_URL=..."
+    would then set NATS_URL, though the file has one line for `grep` or a
+    review. Such characters stay inside their line: in a value they are
+    refused (`control_character`); in a comment only a lone "\r" is, as
+    systemd ends a line there even in a comment: a file we accept reads the
+    same to systemd.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -269,14 +285,22 @@ def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8") from None
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        stripped = line.strip(_BLANKS)
+        if stripped.startswith(("#", ";")) and "\r" in stripped:
+            raise ConfigError(f"{path}:{number}: a carriage return inside a comment "
+                              "(systemd would read what follows it as a setting)")
         if not stripped or stripped.startswith(("#", ";")):
             continue
         match = _LINE.fullmatch(stripped)
         if not match:
             raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {stripped[:60]!r}")
-        key, value = match.group(1), match.group(2).strip()
+        key, value = match.group(1), match.group(2).strip(_BLANKS)
+        bad = control_character(value)
+        if bad:
+            raise ConfigError(f"{path}:{number}: {key}: {bad}")
         if value[:1] in ("'", '"'):
             quote = value[0]
             if len(value) < 2 or not value.endswith(quote):
@@ -286,6 +310,21 @@ def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
                 value = re.sub(r'\\(["\\$`])', r"\1", value)
         entries.append((number, key, value))
     return entries
+
+
+def control_character(value: str) -> Optional[str]:
+    """Why `value` cannot be a setting, or None: the first control character.
+
+    Control characters (C0 with tab, DEL, C1 with NEL) and the Unicode line and
+    paragraph separators end lines for other readers or hide text on a
+    terminal: a value holding one is not what the operator reads.
+    """
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            name = unicodedata.name(char, "")
+            return (f"the value holds the control character U+{ord(char):04X}{' ' + name if name else ''}: "
+                    "expected one line of printable text")
+    return None
 
 
 def config_files(config_dir: str, role: str, instance: Optional[str]) -> List[str]:
@@ -335,6 +374,9 @@ def load(
     texts: Dict[str, Optional[str]] = {}
     for option in OPTIONS:
         value, source = raw.get(option.name, (None, "default"))
+        bad = control_character(value) if value else None  # files are checked as they are read
+        if bad:
+            raise ConfigError(f"{source}: {option.name}: {bad}")
         if value == "" and option.name in raw:
             value = None  # KEY= (empty) means unset, as in a shell
         if value is None:

@@ -89,3 +89,63 @@ def test_every_setting_is_in_a_sample_env_file_and_the_readme():
     for option in config.OPTIONS:
         assert f"{option.name}=" in samples, option.name
         assert f"`{option.name}`" in readme, option.name
+
+
+# --- env-file lines: "\n" ends a line, nothing else does ------------------------
+
+# Characters str.splitlines() ends a line at, but an env file does not.
+NOT_LINE_ENDS = ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\r", "\x1c", "\x1d", "\x1e"]
+
+
+@pytest.mark.parametrize("separator", NOT_LINE_ENDS, ids=lambda c: f"U+{ord(c):04X}")
+def test_only_newline_ends_a_line_and_a_control_character_in_a_value_is_refused(tmp_path, separator):
+    producer = f"# the file\nSHIPPER_FILE=/a{separator}NATS_URL=nats://evil:4222\n"
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, files={**BASE, "producer.env": producer})
+    message = str(refused.value)
+    # Line 2 is SHIPPER_FILE's; NATS_URL was not read as a key of its own.
+    assert message.startswith(f"{tmp_path}/producer.env:2: SHIPPER_FILE: "), message
+    assert f"U+{ord(separator):04X}" in message and "control character" in message, message
+    assert message.isprintable(), "one printable line, the character named, not shown"
+
+
+@pytest.mark.parametrize("separator", [c for c in NOT_LINE_ENDS if c != "\r"], ids=lambda c: f"U+{ord(c):04X}")
+def test_a_comment_runs_to_the_newline_whatever_it_holds(tmp_path, separator):
+    fshipper = BASE["fshipper.env"] + f"# note{separator}NATS_URL=nats://evil:4222\n"
+    settings = load(tmp_path, files={**BASE, "fshipper.env": fshipper}).settings
+    assert settings.nats_url == ("nats://n1:4222", "nats://n2:4222")
+
+
+def test_a_carriage_return_inside_a_comment_is_refused_as_systemd_would_split_there(tmp_path):
+    fshipper = BASE["fshipper.env"] + "# note\rNATS_URL=nats://evil:4222\n"
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/fshipper.env:3: a carriage return inside a comment"):
+        load(tmp_path, files={**BASE, "fshipper.env": fshipper})
+
+
+def test_crlf_files_read_like_lf_files(tmp_path):
+    files = {name: text.replace("\n", "\r\n") for name, text in BASE.items()}
+    files["producer.env"] += "HOSTNAME='web1'\r\n# comment\r\n\r\n"
+    loaded = load(tmp_path, files=files)
+    assert loaded.settings.shipper_file == "/var/log/app.log" and loaded.settings.hostname == "web1"
+    assert loaded.sources["HOSTNAME"] == f"{tmp_path}/producer.env:2"
+
+
+@pytest.mark.parametrize("value", ["/var/log/a\tb", "/var/log/a\x00b", "/var/log/a\x7fb", "/var/log/a\x9bb"])
+def test_control_characters_inside_a_quoted_value_are_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match=rf"producer.env:1: SHIPPER_FILE: the value holds the control character"):
+        load(tmp_path, files={**BASE, "producer.env": f'SHIPPER_FILE="{value}"\n'})
+
+
+def test_unicode_blanks_are_not_stripped_like_spaces(tmp_path):
+    # A no-break space is not a blank: it stays in the value and the value is refused.
+    with pytest.raises(ConfigError, match=r"fshipper.env:2: SHIPPER_SUBJECT='logs\\xa0'"):
+        load(tmp_path, files={**BASE, "fshipper.env": "NATS_URL=nats://n1\nSHIPPER_SUBJECT=logs\u00a0\n"})
+    # ASCII blanks around a value are.
+    loaded = load(tmp_path, files={**BASE, "fshipper.env": "NATS_URL=nats://n1\nSHIPPER_SUBJECT= \tlogs \t\n"})
+    assert loaded.settings.shipper_subject == "logs"
+
+
+def test_a_control_character_from_the_environment_is_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^environment: NATS_URL: the value holds the control character U\+000A"):
+        load(tmp_path, files=BASE, environ={"NATS_URL": "nats://n1:4222\nnats://evil:4222"})
+
