@@ -48,15 +48,19 @@ def _text(value: str) -> str:
 
 
 def _urls(value: str) -> Tuple[str, ...]:
-    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    urls = tuple(u.strip(_BLANKS) for u in value.split(",") if u.strip(_BLANKS))
     if not urls:
         raise ValueError("expected one or more URLs like nats://host:4222, comma separated")
     for url in urls:
         parts = urlsplit(url if "://" in url else "nats://" + url)
         if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
             raise ValueError(f"{url!r} is not a NATS URL (expected nats://host:port)")
+        # The port as written: older Pythons' urlsplit takes what int() takes.
+        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
         try:
-            parts.port
+            if port and not re.fullmatch(r"[0-9]{1,5}", port):
+                raise ValueError
+            parts.port  # 0 to 65535
         except ValueError:
             raise ValueError(f"{url!r} has an invalid port") from None
     return urls
@@ -74,27 +78,35 @@ def _host(value: str) -> str:
     return value
 
 
+# Numbers are ASCII digits and nothing else. int() and float() also take
+# other scripts' digits ("٣"), "1_0", "+5" and surrounding spaces, and re's
+# \d and IGNORECASE match non-ASCII digits and letters (the Kelvin sign is a
+# "k"): a value the operator cannot read as the number it becomes is refused.
+_DIGITS = re.compile(r"[0-9]{1,20}")  # 20 digits hold any 64-bit number
+
+
 def _whole(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
     def convert(value: str) -> int:
-        try:
-            number = int(value, 10)
-        except ValueError:
-            raise ValueError(f"expected a whole number >= {minimum}") from None
-        if number < minimum or (maximum is not None and number > maximum):
+        number = int(value) if _DIGITS.fullmatch(value) else None
+        if number is None or number < minimum or (maximum is not None and number > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise ValueError(f"expected a whole number {bound}")
+            raise ValueError(f"expected a whole number {bound} (digits 0-9 only)")
         return number
 
     return convert
 
 
+MAX_PARTITIONS = 1000
+
+
 def _partitions(value: str) -> Tuple[int, ...]:
-    try:
-        numbers = sorted({int(p, 10) for p in value.split(",") if p.strip()})
-    except ValueError:
-        raise ValueError("expected partition numbers separated by commas, like 0,1,2") from None
-    if not numbers or numbers[0] < 0:
-        raise ValueError("expected partition numbers >= 0 separated by commas, like 0,1,2")
+    items = [p.strip(_BLANKS) for p in value.split(",")]
+    if not all(_DIGITS.fullmatch(p) for p in items if p):
+        raise ValueError("expected partition numbers separated by commas, like 0,1,2")
+    numbers = sorted({int(p) for p in items if p})
+    if not numbers or numbers[-1] >= MAX_PARTITIONS:
+        raise ValueError(f"expected partition numbers from 0 to {MAX_PARTITIONS - 1} "
+                         "separated by commas, like 0,1,2")
     return tuple(numbers)
 
 
@@ -125,27 +137,33 @@ def _output(value: str) -> str:
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+_DURATION = re.compile(r"([0-9]{1,20}(?:\.[0-9]{1,20})?)([smhd]?)", re.ASCII | re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]{1,20})([bkmgt]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
+MAX_SECONDS = 100 * 365 * 86400  # JetStream takes durations in nanoseconds, in 64 bits
+MAX_BYTES = 2 ** 63 - 1
 
 
 def _duration(value: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", value.strip().lower())
-    if not match:
-        raise ValueError("expected a duration like 30s, 2m, 12h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    match = _DURATION.fullmatch(value)
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
+    if seconds is None or seconds > MAX_SECONDS:
+        raise ValueError("expected a duration like 30s, 2m, 12h or 7d (digits 0-9, at most 36500d)")
+    return seconds
 
 
 def _size(value: str) -> int:
-    if value.strip() == "-1":
+    if value == "-1":
         return -1
-    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)(?:i?b)?", value.strip().lower())
-    if not match:
-        raise ValueError("expected a size like 512K, 100M or 10G, or -1 for no limit")
-    return int(match.group(1)) * _SIZES[match.group(2)]
+    match = _SIZE.fullmatch(value)
+    size = int(match.group(1)) * _SIZES[match.group(2).lower()] if match else None
+    if size is None or size > MAX_BYTES:
+        raise ValueError("expected a size like 512K, 100M or 10G (digits 0-9), or -1 for no limit")
+    return size
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
-        if value.lower() not in choices:
+        if not value.isascii() or value.lower() not in choices:
             raise ValueError("expected one of " + ", ".join(choices))
         return value.lower()
 
@@ -178,7 +196,7 @@ OPTIONS: Tuple[Option, ...] = (
            "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
     Option("SHIPPER_FILE", (P,), _absolute_path, None, "the file to follow", (P,)),
     Option("HOSTNAME", (P,), _host, None, "identity of this host (default: the OS host name)"),
-    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, 1000), "0", "number of partitions; 0 = all in p0"),
+    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, MAX_PARTITIONS), "0", "number of partitions; 0 = all in p0"),
     Option("SHIPPER_BATCH_BYTES", (P,), _size, "512K", "most bytes of lines in one message"),
     Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "4", "messages published and not yet acknowledged"),
     Option("SHIPPER_ROTATE_WAIT", (P,), _duration, "2s",

@@ -68,6 +68,12 @@ def test_each_required_setting_missing_gives_78_naming_it(confdir, role, file, k
     ("producer", "NATS_CA", "/nonexistent/ca.pem", "no such file"),
     ("consumer", "SHIPPER_STREAM_MAX_AGE", "a week", "duration"),
     ("producer", "HOSTNAME", "bad host", "host name"),
+    ("producer", "SHIPPER_PARTITIONS", "\u0663", "digits 0-9"),
+    ("producer", "SHIPPER_MAX_INFLIGHT", "1_0", "digits 0-9"),
+    ("consumer", "SHIPPER_KEEP_DAYS", "+5", "digits 0-9"),
+    ("consumer", "SHIPPER_FETCH_BATCH", '" 5"', "digits 0-9"),
+    ("producer", "SHIPPER_ROTATE_WAIT", "\u0663s", "duration"),
+    ("producer", "SHIPPER_BATCH_BYTES", "\u0663K", "size"),
 ])
 def test_malformed_values_give_78_with_file_line_key_and_reason(confdir, role, key, value, expected):
     file = confdir / f"{role}.env"

@@ -149,3 +149,67 @@ def test_a_control_character_from_the_environment_is_refused_naming_the_key(tmp_
     with pytest.raises(ConfigError, match=r"^environment: NATS_URL: the value holds the control character U\+000A"):
         load(tmp_path, files=BASE, environ={"NATS_URL": "nats://n1:4222\nnats://evil:4222"})
 
+
+# --- numbers: ASCII digits only ----------------------------------------------------
+
+NUMERIC = [  # (role, key, a valid value, what it becomes)
+    ("producer", "SHIPPER_PARTITIONS", "5", 5),
+    ("producer", "SHIPPER_MAX_INFLIGHT", "5", 5),
+    ("consumer", "SHIPPER_KEEP_DAYS", "5", 5),
+    ("consumer", "SHIPPER_FETCH_BATCH", "5", 5),
+    ("consumer", "SHIPPER_MAX_OPEN_FILES", "5", 5),
+    ("consumer", "SHIPPER_STREAM_REPLICAS", "5", 5),
+    ("producer", "SHIPPER_ROTATE_WAIT", "5s", 5),
+    ("consumer", "SHIPPER_GAP_TIMEOUT", "5m", 300),
+    ("consumer", "SHIPPER_STREAM_MAX_AGE", "5h", 5 * 3600),
+    ("consumer", "SHIPPER_STREAM_DUPLICATE_WINDOW", "5d", 5 * 86400),
+    ("producer", "SHIPPER_BATCH_BYTES", "5K", 5 * 1024),
+    ("consumer", "SHIPPER_STREAM_MAX_BYTES", "5G", 5 * 1024 ** 3),
+]
+# Each is what int() or float() (or re's \d, \s) would take for "5"; a tab is a
+# control character, refused before any converter sees it.
+NOT_ASCII_FIVE = ["\u0665", "\uff15", "\U0001d7d3", "+5", "05_0", " 5", "5 ", "5\u00a0", "0x5", "5e0"]
+
+
+@pytest.mark.parametrize("role, key, valid, number", NUMERIC, ids=[n[1] for n in NUMERIC])
+def test_numbers_take_ascii_digits_only(tmp_path, role, key, valid, number):
+    assert getattr(load(tmp_path, role, BASE, environ={key: valid}).settings, key.lower()) == number
+    for bad in NOT_ASCII_FIVE:
+        value = valid.replace("5", bad)
+        with pytest.raises(ConfigError) as refused:
+            load(tmp_path, role, BASE, environ={key: value})
+        message = str(refused.value)
+        assert message.startswith(f"environment: {key}={value!r}: expected "), message
+        assert message.isprintable(), message
+
+
+@pytest.mark.parametrize("key, value", [("SHIPPER_BATCH_BYTES", "5\u212a"),    # Kelvin sign, lower() is "k"
+                                        ("SHIPPER_ROTATE_WAIT", "5\u017f"),    # long s, IGNORECASE matches "s"
+                                        ("SHIPPER_LOG_LEVEL", "\u0130nfo"),  # dotted I
+                                        ("SHIPPER_ROTATE_WAIT", "5 s")])
+def test_units_and_choices_are_ascii_too(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        load(tmp_path, files=BASE, environ={key: value})
+
+
+def test_lists_of_partitions_allow_blanks_around_items_and_stay_in_range(tmp_path):
+    c = load(tmp_path, "consumer", BASE, environ={"SHIPPER_READ_PARTITIONS": " 2, 0 , 1,,2 "}).settings
+    assert c.shipper_read_partitions == (0, 1, 2)
+    for bad in ("0,1_0", "0,+1", "0,\u0661", "1000", "-1"):
+        with pytest.raises(ConfigError, match="SHIPPER_READ_PARTITIONS"):
+            load(tmp_path, "consumer", BASE, environ={"SHIPPER_READ_PARTITIONS": bad})
+
+
+@pytest.mark.parametrize("key, value", [("SHIPPER_KEEP_DAYS", "9" * 5000),
+                                        ("SHIPPER_STREAM_MAX_AGE", "9" * 400 + "d"),
+                                        ("SHIPPER_STREAM_MAX_AGE", "36501d"),
+                                        ("SHIPPER_STREAM_MAX_BYTES", "9999999T")])
+def test_numbers_beyond_what_the_server_takes_are_refused_with_the_usual_error(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=rf"^environment: {key}=.*: expected "):
+        load(tmp_path, "consumer", BASE, environ={key: value})
+
+
+@pytest.mark.parametrize("port", ["\u0664222", "+4222", " 4222", "4_222", "04222x"])
+def test_nats_url_ports_are_ascii_digits(tmp_path, port):
+    with pytest.raises(ConfigError, match="invalid port"):
+        load(tmp_path, files=BASE, environ={"NATS_URL": f"nats://n1:{port}"})
