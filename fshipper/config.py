@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from . import wire
+
 DEFAULT_CONFIG_DIR = "/etc/fshipper"
 ROLES = ("producer", "consumer", "admin")
 EX_CONFIG = 78
@@ -73,8 +75,8 @@ def _subject(value: str) -> str:
 
 
 def _host(value: str) -> str:
-    if not re.fullmatch(r"[^\s.*>]+(\.[^\s.*>]+)*", value):
-        raise ValueError("expected a host name usable as subject tokens (no spaces, '*', '>' or empty labels)")
+    if not wire.safe_host(value):  # the consumer's rule: it would refuse every line
+        raise ValueError(f"expected {wire.HOST_RULE}")
     return value
 
 
@@ -410,7 +412,8 @@ def load(
             try:
                 values[option.name.lower()] = option.convert(value)
             except ValueError as e:
-                raise ConfigError(f"{source}: {option.name}={value!r}: {e}") from None
+                # ascii(): a look-alike letter or an invisible character shows as its code
+                raise ConfigError(f"{source}: {option.name}={ascii(value)}: {e}") from None
         sources[option.name] = source
         texts[option.name] = value
 
@@ -418,7 +421,12 @@ def load(
         have, missing = ("NATS_CERTIFICATE", "NATS_KEY") if values["nats_certificate"] else ("NATS_KEY", "NATS_CERTIFICATE")
         raise ConfigError(f"{sources[have]}: {have} is set but {missing} is not: TLS needs both")
     if role == "producer" and values["hostname"] is None:
-        values["hostname"] = texts["HOSTNAME"] = _host(socket.gethostname())
+        os_name = socket.gethostname()
+        try:
+            values["hostname"] = texts["HOSTNAME"] = _host(os_name)
+        except ValueError as e:
+            raise ConfigError(f"HOSTNAME is not set and the OS host name {ascii(os_name)} cannot be used: {e} "
+                              f"(set HOSTNAME in {config_files(config_dir, role, instance)[1]})") from None
         sources["HOSTNAME"] = "the OS host name"
     output = values["shipper_output"]
     if role == "consumer" and isinstance(output, str):

@@ -20,18 +20,12 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from .util import fsync_directory
+from .wire import safe_host  # noqa: F401  (the rule is the wire contract's; kept importable here)
 
 log = logging.getLogger(__name__)
 
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
-_SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
 WORKER_THREADS = 16  # files written or flushed at once
-
-
-def safe_host(host: str) -> bool:
-    """A plain DNS-like label sequence: nothing that could leave the directory."""
-    return len(host) <= 253 and _SAFE_HOST.fullmatch(host) is not None
 
 
 def period_start(timestamp: float) -> float:

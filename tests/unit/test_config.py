@@ -1,6 +1,6 @@
 import pytest
 
-from fshipper import config
+from fshipper import config, wire
 from fshipper.config import ConfigError
 
 
@@ -179,7 +179,7 @@ def test_numbers_take_ascii_digits_only(tmp_path, role, key, valid, number):
         with pytest.raises(ConfigError) as refused:
             load(tmp_path, role, BASE, environ={key: value})
         message = str(refused.value)
-        assert message.startswith(f"environment: {key}={value!r}: expected "), message
+        assert message.startswith(f"environment: {key}={ascii(value)}: expected "), message
         assert message.isprintable(), message
 
 
@@ -213,3 +213,31 @@ def test_numbers_beyond_what_the_server_takes_are_refused_with_the_usual_error(t
 def test_nats_url_ports_are_ascii_digits(tmp_path, port):
     with pytest.raises(ConfigError, match="invalid port"):
         load(tmp_path, files=BASE, environ={"NATS_URL": f"nats://n1:{port}"})
+
+
+# --- HOSTNAME: the consumer's rule ----------------------------------------------------
+
+# (host, safe): a host name the consumer refuses in a subject, the producer refuses as HOSTNAME.
+HOSTS = [("web1", True), ("web1.example.net", True), ("db-2.prod", True), ("host_1", True), ("A1", True),
+         ("a-", True), ("10.0.0.1", True), ("x" * 253, True),
+         ("a/b", False), ("-rf", False), ("web1.-rf", False), (".hidden", False), ("..", False),
+         ("a..b", False), ("a.", False), ("w\u0435b1", False),  # a Cyrillic "е"
+         ("\uff57eb1", False), ("web1\u200b", False), ("x" * 254, False), ("x" * 300, False),
+         (" web1", False), ("a b", False), ("a*", False), ("a>", False), ("~root", False),
+         ("a\\b", False), ("a:b", False), ("/etc", False)]
+
+
+@pytest.mark.parametrize("host, safe", HOSTS, ids=[ascii(h[:20]) for h, _ in HOSTS])
+def test_the_producer_takes_a_host_name_exactly_when_the_consumer_does(tmp_path, host, safe):
+    assert wire.safe_host(host) is safe
+    if safe:
+        assert load(tmp_path, files=BASE, environ={"HOSTNAME": host}).settings.hostname == host
+    else:
+        with pytest.raises(ConfigError, match=rf"^environment: HOSTNAME=.*: expected a host name of ASCII"):
+            load(tmp_path, files=BASE, environ={"HOSTNAME": host})
+
+
+def test_the_consumer_finds_the_same_rule_where_it_always_did():
+    from fshipper import consumer, sink
+
+    assert sink.safe_host is wire.safe_host and consumer.safe_host is wire.safe_host
