@@ -205,7 +205,7 @@ class Sink:
         except FileNotFoundError:
             parent = os.path.dirname(path)
             if parent:
-                os.makedirs(parent, exist_ok=True)
+                os.makedirs(parent, 0o750, exist_ok=True)  # 0750 and 0640 whatever the umask
             fd = os.open(path, flags | os.O_CREAT, 0o640)
             self._created.add(path)  # its directory entry needs a flush too
         self._fds[path] = fd
