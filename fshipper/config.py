@@ -49,6 +49,28 @@ def _text(value: str) -> str:
     return value
 
 
+def redact_url(text: str) -> str:
+    """NATS_URL as it may be printed: passwords and tokens replaced by ***.
+
+    "nats://user:pass@host:4222" -> "nats://user:***@host:4222", "nats://token@host"
+    -> "nats://***@host", for each of a comma-separated list. Everything between
+    "://" and the last "@" of a URL counts as user information, so that a
+    password holding a raw "/" or "@" (a broken URL, shown in its error) is
+    hidden too.
+    """
+    redacted = []
+    for url in text.split(","):
+        scheme, sep, rest = url.partition("://")
+        if not sep:  # "user:pass@host" is a URL too (nats:// is implied)
+            scheme, rest = "", url
+        userinfo, at, hostport = rest.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            rest = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+        redacted.append(f"{scheme}{sep}{rest}")
+    return ",".join(redacted)
+
+
 def _urls(value: str) -> Tuple[str, ...]:
     urls = tuple(u.strip(_BLANKS) for u in value.split(",") if u.strip(_BLANKS))
     if not urls:
@@ -56,7 +78,7 @@ def _urls(value: str) -> Tuple[str, ...]:
     for url in urls:
         parts = urlsplit(url if "://" in url else "nats://" + url)
         if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-            raise ValueError(f"{url!r} is not a NATS URL (expected nats://host:port)")
+            raise ValueError(f"{redact_url(url)!r} is not a NATS URL (expected nats://host:port)")
         # The port as written: older Pythons' urlsplit takes what int() takes.
         port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
         try:
@@ -64,7 +86,7 @@ def _urls(value: str) -> Tuple[str, ...]:
                 raise ValueError
             parts.port  # 0 to 65535
         except ValueError:
-            raise ValueError(f"{url!r} has an invalid port") from None
+            raise ValueError(f"{redact_url(url)!r} has an invalid port") from None
     return urls
 
 
@@ -185,10 +207,11 @@ class Option:
     default: Optional[str]
     help: str
     required_for: Tuple[str, ...] = ()
+    show: Callable[[str], str] = str  # the value as check-config and errors print it
 
 
 OPTIONS: Tuple[Option, ...] = (
-    Option("NATS_URL", (P, C, A), _urls, None, "NATS servers, comma separated", (P, C, A)),
+    Option("NATS_URL", (P, C, A), _urls, None, "NATS servers, comma separated", (P, C, A), redact_url),
     Option("NATS_CREDS", (P, C, A), _readable_file, None, "NATS 2.0 credentials file (needs PyNaCl)"),
     Option("NATS_CERTIFICATE", (P, C, A), _readable_file, None, "TLS client certificate (with NATS_KEY)"),
     Option("NATS_KEY", (P, C, A), _readable_file, None, "TLS client private key (with NATS_CERTIFICATE)"),
@@ -413,7 +436,7 @@ def load(
                 values[option.name.lower()] = option.convert(value)
             except ValueError as e:
                 # ascii(): a look-alike letter or an invisible character shows as its code
-                raise ConfigError(f"{source}: {option.name}={ascii(value)}: {e}") from None
+                raise ConfigError(f"{source}: {option.name}={ascii(option.show(value))}: {e}") from None
         sources[option.name] = source
         texts[option.name] = value
 
@@ -460,7 +483,7 @@ def describe(loaded: Loaded) -> List[str]:
         if settings.role not in option.roles:
             continue
         value = loaded.texts[option.name]
-        shown = "(unset)" if value is None else value
+        shown = "(unset)" if value is None else option.show(value)
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")

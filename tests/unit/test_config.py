@@ -241,3 +241,33 @@ def test_the_consumer_finds_the_same_rule_where_it_always_did():
     from fshipper import consumer, sink
 
     assert sink.safe_host is wire.safe_host and consumer.safe_host is wire.safe_host
+
+
+# --- secrets in NATS_URL ---------------------------------------------------------------
+
+@pytest.mark.parametrize("url, shown", [
+    ("nats://user:pass@host:4222", "nats://user:***@host:4222"),
+    ("nats://token@host", "nats://***@host"),
+    ("user:pass@host", "user:***@host"),                        # nats:// implied
+    ("nats://n1:4222,tls://u:p@n2:4222", "nats://n1:4222,tls://u:***@n2:4222"),
+    ("nats://u:p@h1, nats://t@h2", "nats://u:***@h1, nats://***@h2"),
+    ("nats://u:pa/ss@host", "nats://u:***@host"),                # broken URLs keep their secret too
+    ("nats://u:p@ss@host:1", "nats://u:***@host:1"),
+    ("nats://u:a://b@host", "nats://u:***@host"),
+    ("nats://host:4222", "nats://host:4222"),
+])
+def test_redact_url_hides_passwords_and_tokens(url, shown):
+    assert config.redact_url(url) == shown
+
+
+def test_check_config_lines_and_errors_show_nats_url_redacted(tmp_path):
+    url = "nats://shipper:s3cret@n1:4222,nats://t0ken@n2:4222"
+    loaded = load(tmp_path, files=BASE, environ={"NATS_URL": url})
+    assert loaded.settings.nats_url == ("nats://shipper:s3cret@n1:4222", "nats://t0ken@n2:4222")
+    lines = config.describe(loaded)
+    assert "NATS_URL=nats://shipper:***@n1:4222,nats://***@n2:4222  # environment" in lines
+    for bad in ("nats://shipper:s3cret@n1:99999", "http://shipper:s3cret@n1", "nats://shipper:s3/cret@n1:4222"):
+        with pytest.raises(ConfigError) as refused:
+            load(tmp_path, files=BASE, environ={"NATS_URL": bad})
+        assert "s3" not in str(refused.value) and "cret" not in str(refused.value), str(refused.value)
+        assert "shipper:***@" in str(refused.value)
