@@ -11,9 +11,12 @@ import difflib
 import os
 import re
 import socket
+import unicodedata
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
+
+from . import wire
 
 DEFAULT_CONFIG_DIR = "/etc/fshipper"
 ROLES = ("producer", "consumer", "admin")
@@ -35,24 +38,55 @@ class DependencyError(Exception):
 
 # --- value converters: each raises ValueError with what was expected ----------
 
+# Blanks are ASCII space and tab only: str.strip() and \s also take Unicode
+# spaces and separators, which would vanish from what the operator sees.
+_BLANKS = " \t"
+
+
 def _text(value: str) -> str:
     if not value:
         raise ValueError("expected a non-empty value")
     return value
 
 
+def redact_url(text: str) -> str:
+    """NATS_URL as it may be printed: passwords and tokens replaced by ***.
+
+    "nats://user:pass@host:4222" -> "nats://user:***@host:4222", "nats://token@host"
+    -> "nats://***@host", for each of a comma-separated list. Everything between
+    "://" and the last "@" of a URL counts as user information, so that a
+    password holding a raw "/" or "@" (a broken URL, shown in its error) is
+    hidden too.
+    """
+    redacted = []
+    for url in text.split(","):
+        scheme, sep, rest = url.partition("://")
+        if not sep:  # "user:pass@host" is a URL too (nats:// is implied)
+            scheme, rest = "", url
+        userinfo, at, hostport = rest.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            rest = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+        redacted.append(f"{scheme}{sep}{rest}")
+    return ",".join(redacted)
+
+
 def _urls(value: str) -> Tuple[str, ...]:
-    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    urls = tuple(u.strip(_BLANKS) for u in value.split(",") if u.strip(_BLANKS))
     if not urls:
         raise ValueError("expected one or more URLs like nats://host:4222, comma separated")
     for url in urls:
         parts = urlsplit(url if "://" in url else "nats://" + url)
         if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-            raise ValueError(f"{url!r} is not a NATS URL (expected nats://host:port)")
+            raise ValueError(f"{redact_url(url)!r} is not a NATS URL (expected nats://host:port)")
+        # The port as written: older Pythons' urlsplit takes what int() takes.
+        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
         try:
-            parts.port
+            if port and not re.fullmatch(r"[0-9]{1,5}", port):
+                raise ValueError
+            parts.port  # 0 to 65535
         except ValueError:
-            raise ValueError(f"{url!r} has an invalid port") from None
+            raise ValueError(f"{redact_url(url)!r} has an invalid port") from None
     return urls
 
 
@@ -63,32 +97,40 @@ def _subject(value: str) -> str:
 
 
 def _host(value: str) -> str:
-    if not re.fullmatch(r"[^\s.*>]+(\.[^\s.*>]+)*", value):
-        raise ValueError("expected a host name usable as subject tokens (no spaces, '*', '>' or empty labels)")
+    if not wire.safe_host(value):  # the consumer's rule: it would refuse every line
+        raise ValueError(f"expected {wire.HOST_RULE}")
     return value
+
+
+# Numbers are ASCII digits and nothing else. int() and float() also take
+# other scripts' digits ("٣"), "1_0", "+5" and surrounding spaces, and re's
+# \d and IGNORECASE match non-ASCII digits and letters (the Kelvin sign is a
+# "k"): a value the operator cannot read as the number it becomes is refused.
+_DIGITS = re.compile(r"[0-9]{1,20}")  # 20 digits hold any 64-bit number
 
 
 def _whole(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
     def convert(value: str) -> int:
-        try:
-            number = int(value, 10)
-        except ValueError:
-            raise ValueError(f"expected a whole number >= {minimum}") from None
-        if number < minimum or (maximum is not None and number > maximum):
+        number = int(value) if _DIGITS.fullmatch(value) else None
+        if number is None or number < minimum or (maximum is not None and number > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise ValueError(f"expected a whole number {bound}")
+            raise ValueError(f"expected a whole number {bound} (digits 0-9 only)")
         return number
 
     return convert
 
 
+MAX_PARTITIONS = 1000
+
+
 def _partitions(value: str) -> Tuple[int, ...]:
-    try:
-        numbers = sorted({int(p, 10) for p in value.split(",") if p.strip()})
-    except ValueError:
-        raise ValueError("expected partition numbers separated by commas, like 0,1,2") from None
-    if not numbers or numbers[0] < 0:
-        raise ValueError("expected partition numbers >= 0 separated by commas, like 0,1,2")
+    items = [p.strip(_BLANKS) for p in value.split(",")]
+    if not all(_DIGITS.fullmatch(p) for p in items if p):
+        raise ValueError("expected partition numbers separated by commas, like 0,1,2")
+    numbers = sorted({int(p) for p in items if p})
+    if not numbers or numbers[-1] >= MAX_PARTITIONS:
+        raise ValueError(f"expected partition numbers from 0 to {MAX_PARTITIONS - 1} "
+                         "separated by commas, like 0,1,2")
     return tuple(numbers)
 
 
@@ -119,27 +161,33 @@ def _output(value: str) -> str:
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZES = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+_DURATION = re.compile(r"([0-9]{1,20}(?:\.[0-9]{1,20})?)([smhd]?)", re.ASCII | re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]{1,20})([bkmgt]?)(?:i?b)?", re.ASCII | re.IGNORECASE)
+MAX_SECONDS = 100 * 365 * 86400  # JetStream takes durations in nanoseconds, in 64 bits
+MAX_BYTES = 2 ** 63 - 1
 
 
 def _duration(value: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", value.strip().lower())
-    if not match:
-        raise ValueError("expected a duration like 30s, 2m, 12h or 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    match = _DURATION.fullmatch(value)
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
+    if seconds is None or seconds > MAX_SECONDS:
+        raise ValueError("expected a duration like 30s, 2m, 12h or 7d (digits 0-9, at most 36500d)")
+    return seconds
 
 
 def _size(value: str) -> int:
-    if value.strip() == "-1":
+    if value == "-1":
         return -1
-    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)(?:i?b)?", value.strip().lower())
-    if not match:
-        raise ValueError("expected a size like 512K, 100M or 10G, or -1 for no limit")
-    return int(match.group(1)) * _SIZES[match.group(2)]
+    match = _SIZE.fullmatch(value)
+    size = int(match.group(1)) * _SIZES[match.group(2).lower()] if match else None
+    if size is None or size > MAX_BYTES:
+        raise ValueError("expected a size like 512K, 100M or 10G (digits 0-9), or -1 for no limit")
+    return size
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
-        if value.lower() not in choices:
+        if not value.isascii() or value.lower() not in choices:
             raise ValueError("expected one of " + ", ".join(choices))
         return value.lower()
 
@@ -159,10 +207,11 @@ class Option:
     default: Optional[str]
     help: str
     required_for: Tuple[str, ...] = ()
+    show: Callable[[str], str] = str  # the value as check-config and errors print it
 
 
 OPTIONS: Tuple[Option, ...] = (
-    Option("NATS_URL", (P, C, A), _urls, None, "NATS servers, comma separated", (P, C, A)),
+    Option("NATS_URL", (P, C, A), _urls, None, "NATS servers, comma separated", (P, C, A), redact_url),
     Option("NATS_CREDS", (P, C, A), _readable_file, None, "NATS 2.0 credentials file (needs PyNaCl)"),
     Option("NATS_CERTIFICATE", (P, C, A), _readable_file, None, "TLS client certificate (with NATS_KEY)"),
     Option("NATS_KEY", (P, C, A), _readable_file, None, "TLS client private key (with NATS_CERTIFICATE)"),
@@ -172,7 +221,7 @@ OPTIONS: Tuple[Option, ...] = (
            "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
     Option("SHIPPER_FILE", (P,), _absolute_path, None, "the file to follow", (P,)),
     Option("HOSTNAME", (P,), _host, None, "identity of this host (default: the OS host name)"),
-    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, 1000), "0", "number of partitions; 0 = all in p0"),
+    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, MAX_PARTITIONS), "0", "number of partitions; 0 = all in p0"),
     Option("SHIPPER_BATCH_BYTES", (P,), _size, "512K", "most bytes of lines in one message"),
     Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "4", "messages published and not yet acknowledged"),
     Option("SHIPPER_ROTATE_WAIT", (P,), _duration, "2s",
@@ -254,11 +303,21 @@ class Loaded:
     texts: Dict[str, Optional[str]]  # setting name -> the value as written
 
 
-_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+_LINE = re.compile(r"(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 
 def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
-    """Read KEY=VALUE lines (systemd EnvironmentFile subset); returns (line, key, value)."""
+    """Read KEY=VALUE lines (systemd EnvironmentFile subset); returns (line, key, value).
+
+    Lines end at "\n" only; a "\r" before it is dropped (files edited on
+    Windows). str.splitlines() would also end a line at U+2028, U+2029, NEL,
+    form feed, vertical tab or a lone "\r": "SHIPPER_FILE=/a<U+2028>NATS_URL=..."
+    would then set NATS_URL, though the file has one line for `grep` or a
+    review. Such characters stay inside their line: in a value they are
+    refused (`control_character`); in a comment only a lone "\r" is, as
+    systemd ends a line there even in a comment: a file we accept reads the
+    same to systemd.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -269,14 +328,22 @@ def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8") from None
     entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        stripped = line.strip(_BLANKS)
+        if stripped.startswith(("#", ";")) and "\r" in stripped:
+            raise ConfigError(f"{path}:{number}: a carriage return inside a comment "
+                              "(systemd would read what follows it as a setting)")
         if not stripped or stripped.startswith(("#", ";")):
             continue
         match = _LINE.fullmatch(stripped)
         if not match:
             raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {stripped[:60]!r}")
-        key, value = match.group(1), match.group(2).strip()
+        key, value = match.group(1), match.group(2).strip(_BLANKS)
+        bad = control_character(value)
+        if bad:
+            raise ConfigError(f"{path}:{number}: {key}: {bad}")
         if value[:1] in ("'", '"'):
             quote = value[0]
             if len(value) < 2 or not value.endswith(quote):
@@ -286,6 +353,21 @@ def parse_env_file(path: str) -> List[Tuple[int, str, str]]:
                 value = re.sub(r'\\(["\\$`])', r"\1", value)
         entries.append((number, key, value))
     return entries
+
+
+def control_character(value: str) -> Optional[str]:
+    """Why `value` cannot be a setting, or None: the first control character.
+
+    Control characters (C0 with tab, DEL, C1 with NEL) and the Unicode line and
+    paragraph separators end lines for other readers or hide text on a
+    terminal: a value holding one is not what the operator reads.
+    """
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            name = unicodedata.name(char, "")
+            return (f"the value holds the control character U+{ord(char):04X}{' ' + name if name else ''}: "
+                    "expected one line of printable text")
+    return None
 
 
 def config_files(config_dir: str, role: str, instance: Optional[str]) -> List[str]:
@@ -335,6 +417,9 @@ def load(
     texts: Dict[str, Optional[str]] = {}
     for option in OPTIONS:
         value, source = raw.get(option.name, (None, "default"))
+        bad = control_character(value) if value else None  # files are checked as they are read
+        if bad:
+            raise ConfigError(f"{source}: {option.name}: {bad}")
         if value == "" and option.name in raw:
             value = None  # KEY= (empty) means unset, as in a shell
         if value is None:
@@ -350,7 +435,8 @@ def load(
             try:
                 values[option.name.lower()] = option.convert(value)
             except ValueError as e:
-                raise ConfigError(f"{source}: {option.name}={value!r}: {e}") from None
+                # ascii(): a look-alike letter or an invisible character shows as its code
+                raise ConfigError(f"{source}: {option.name}={ascii(option.show(value))}: {e}") from None
         sources[option.name] = source
         texts[option.name] = value
 
@@ -358,7 +444,12 @@ def load(
         have, missing = ("NATS_CERTIFICATE", "NATS_KEY") if values["nats_certificate"] else ("NATS_KEY", "NATS_CERTIFICATE")
         raise ConfigError(f"{sources[have]}: {have} is set but {missing} is not: TLS needs both")
     if role == "producer" and values["hostname"] is None:
-        values["hostname"] = texts["HOSTNAME"] = _host(socket.gethostname())
+        os_name = socket.gethostname()
+        try:
+            values["hostname"] = texts["HOSTNAME"] = _host(os_name)
+        except ValueError as e:
+            raise ConfigError(f"HOSTNAME is not set and the OS host name {ascii(os_name)} cannot be used: {e} "
+                              f"(set HOSTNAME in {config_files(config_dir, role, instance)[1]})") from None
         sources["HOSTNAME"] = "the OS host name"
     output = values["shipper_output"]
     if role == "consumer" and isinstance(output, str):
@@ -392,7 +483,7 @@ def describe(loaded: Loaded) -> List[str]:
         if settings.role not in option.roles:
             continue
         value = loaded.texts[option.name]
-        shown = "(unset)" if value is None else value
+        shown = "(unset)" if value is None else option.show(value)
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")

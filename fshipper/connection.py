@@ -10,7 +10,7 @@ from typing import Optional
 import nats
 from nats.aio.client import Client
 
-from .config import Settings
+from .config import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> C
         options["tls"] = ctx
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
-    log.info("NATS: connecting to %s", ", ".join(settings.nats_url))
+    log.info("NATS: connecting to %s", redact_url(", ".join(settings.nats_url)))
     await nc.connect(**options)
     reporter.reported.clear()
     nc._fshipper_reporter = reporter  # type: ignore[attr-defined]

@@ -156,6 +156,13 @@ def _wait_ready(fd: int, program: str) -> int:
     return 1
 
 
+def _current_umask() -> int:
+    """The umask this process was started with (reading it means setting it)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def daemonize(program: str) -> Readiness:
     """Returns in the daemon; the calling process exits with the daemon's verdict."""
     import daemon as python_daemon  # python-daemon
@@ -173,7 +180,7 @@ def daemonize(program: str) -> Readiness:
     context = python_daemon.DaemonContext(
         detach_process=True,
         working_directory="/",
-        umask=0o022,
+        umask=_current_umask(),  # the unit's UMask= (0027) or the admin's, never a looser one of ours
         files_preserve=[write_fd],
         signal_map={signal.SIGTSTP: None, signal.SIGTTIN: None, signal.SIGTTOU: None},
     )

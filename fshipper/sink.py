@@ -20,18 +20,12 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from .util import fsync_directory
+from .wire import safe_host  # noqa: F401  (the rule is the wire contract's; kept importable here)
 
 log = logging.getLogger(__name__)
 
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*)"
-_SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 IOV_MAX = 1024
 WORKER_THREADS = 16  # files written or flushed at once
-
-
-def safe_host(host: str) -> bool:
-    """A plain DNS-like label sequence: nothing that could leave the directory."""
-    return len(host) <= 253 and _SAFE_HOST.fullmatch(host) is not None
 
 
 def period_start(timestamp: float) -> float:
@@ -222,7 +216,7 @@ class Sink:
         except FileNotFoundError:
             parent = os.path.dirname(path)
             if parent:
-                os.makedirs(parent, exist_ok=True)
+                os.makedirs(parent, 0o750, exist_ok=True)  # 0750 and 0640 whatever the umask
             fd = os.open(path, flags | os.O_CREAT, 0o640)
             self._created.add(path)  # its directory entry needs a flush too
         self._fds[path] = fd

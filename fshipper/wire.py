@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
@@ -32,6 +33,23 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_POS = "Fshipper-Pos"
 HDR_PART = "Fshipper-Part"
 PART_MORE = "more"
+
+
+# A host name is subject tokens here and a directory name on the consumer:
+# ASCII labels (no look-alike letters), none starting with "-" or "." (no
+# option or hidden file), no "/" or ".." (nothing that leaves the directory).
+# The consumer refuses any other host's messages; the producer refuses to
+# start with one, so what it sends is never refused.
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
+_SAFE_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+MAX_HOST = 253
+HOST_RULE = (f"a host name of ASCII letters, digits, '_' and '-' in labels joined by '.', "
+             f"no label starting with '-', at most {MAX_HOST} characters")
+
+
+def safe_host(host: str) -> bool:
+    """A plain DNS-like label sequence: nothing that could leave the directory."""
+    return len(host) <= MAX_HOST and _SAFE_HOST.fullmatch(host) is not None
 
 
 def fnv1a32(data: bytes) -> int:

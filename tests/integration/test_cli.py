@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -68,6 +69,12 @@ def test_each_required_setting_missing_gives_78_naming_it(confdir, role, file, k
     ("producer", "NATS_CA", "/nonexistent/ca.pem", "no such file"),
     ("consumer", "SHIPPER_STREAM_MAX_AGE", "a week", "duration"),
     ("producer", "HOSTNAME", "bad host", "host name"),
+    ("producer", "SHIPPER_PARTITIONS", "\u0663", "digits 0-9"),
+    ("producer", "SHIPPER_MAX_INFLIGHT", "1_0", "digits 0-9"),
+    ("consumer", "SHIPPER_KEEP_DAYS", "+5", "digits 0-9"),
+    ("consumer", "SHIPPER_FETCH_BATCH", '" 5"', "digits 0-9"),
+    ("producer", "SHIPPER_ROTATE_WAIT", "\u0663s", "duration"),
+    ("producer", "SHIPPER_BATCH_BYTES", "\u0663K", "size"),
 ])
 def test_malformed_values_give_78_with_file_line_key_and_reason(confdir, role, key, value, expected):
     file = confdir / f"{role}.env"
@@ -242,3 +249,52 @@ def test_two_daemons_on_one_state_cannot_both_run(confdir, tmp_path, nats_server
     pid = int((tmp_path / "b.pid").read_text())
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not _alive(pid), 15, "the daemon to stop")
+
+
+# Host names the consumer refuses in a subject (a/b would leave SHIPPER_DIRECTORY, -rf
+# reads as an option, .hidden and .. as special files, "wеb1" has a Cyrillic "е").
+REFUSED_HOSTS = ["a/b", "-rf", ".hidden", "..", "w\u0435b1", "x" * 300]
+
+
+@pytest.mark.parametrize("host", REFUSED_HOSTS, ids=lambda h: ascii(h[:12]))
+def test_a_host_name_the_consumer_would_refuse_stops_the_producer_with_78(confdir, tmp_path, host):
+    file = confdir / "producer.env"
+    file.write_text(file.read_text() + f"HOSTNAME={host}\n", encoding="utf-8")
+    line = len(file.read_text().splitlines())
+    pidfile = tmp_path / "run" / "producer.pid"
+    checked = check(confdir, "producer")
+    started = run("fshipper-producer", "--config-dir", str(confdir), "--pidfile", str(pidfile))
+    for result in (checked, started):
+        assert result.returncode == 78, result
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert f"{file}:{line}: HOSTNAME={ascii(host)}: expected a host name of ASCII" in message, message
+    assert not pidfile.exists()
+
+
+def _as_host(name, *command):
+    """`command` in a UTS namespace of its own whose host name is `name`."""
+    setter = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+    unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--user", "--map-root-user"])
+    if subprocess.run(unshare + ["true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a UTS namespace here (unshare)")
+    return subprocess.run(unshare + [sys.executable, "-c", setter, name, str(BIN / command[0]), *command[1:]],
+                          capture_output=True, text=True, env=clean_environ(), timeout=30)
+
+
+@pytest.mark.parametrize("host", ["-rf", "a/b", ".hidden", "w\u0435b1"], ids=ascii)
+def test_an_os_host_name_the_consumer_would_refuse_is_not_used_by_default(confdir, tmp_path, host):
+    checked = _as_host(host, "fshipper", "check-config", "--role", "producer", "--config-dir", str(confdir))
+    started = _as_host(host, "fshipper-producer", "--config-dir", str(confdir),
+                       "--pidfile", str(tmp_path / "producer.pid"))
+    for result in (checked, started):
+        assert result.returncode == 78, result
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert (f"HOSTNAME is not set and the OS host name {ascii(host)} cannot be used: "
+                "expected a host name of ASCII") in message, message
+        assert f"set HOSTNAME in {confdir}/producer.env" in message, message
+    good = _as_host("web1.example.net", "fshipper", "check-config", "--role", "producer",
+                    "--config-dir", str(confdir))
+    assert good.returncode == 0, good.stderr
+    assert "HOSTNAME=web1.example.net  # the OS host name" in good.stdout
