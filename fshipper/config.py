@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from . import wire
+
 DEFAULT_CONFIG_DIR = "/etc/fshipper"
 ROLES = ("producer", "consumer", "admin")
 EX_CONFIG = 78
@@ -167,6 +169,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("NATS_CERTIFICATE", (P, C, A), _readable_file, None, "TLS client certificate (with NATS_KEY)"),
     Option("NATS_KEY", (P, C, A), _readable_file, None, "TLS client private key (with NATS_CERTIFICATE)"),
     Option("NATS_CA", (P, C, A), _readable_file, None, "CA chain to verify the servers"),
+    Option("NATS_INBOX_PREFIX", (P, C, A), _subject, None,
+           "subject prefix of this client's replies (default: _INBOX_host_<host> for a producer, "
+           "_INBOX_consumer for the consumer and the admin commands)"),
     Option("SHIPPER_SUBJECT", (P, C, A), _subject, None, "subject prefix", (P, C, A)),
     Option("SHIPPER_MODE", (P, C, A), _choice("jetstream", "core"), "jetstream",
            "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
@@ -208,6 +213,7 @@ class Settings:
     nats_certificate: Optional[str]
     nats_key: Optional[str]
     nats_ca: Optional[str]
+    nats_inbox_prefix: Optional[str]
     shipper_subject: str
     shipper_mode: str
     shipper_file: Optional[str]
@@ -235,6 +241,14 @@ class Settings:
     @property
     def stream(self) -> str:
         return self.shipper_stream or stream_name(self.shipper_subject)
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Where this client receives replies; per host by default, so that a host's
+        permissions can allow its own replies and nobody else's."""
+        if self.nats_inbox_prefix:
+            return self.nats_inbox_prefix
+        return wire.inbox_prefix(self.hostname if self.role == "producer" else None)
 
     @property
     def name(self) -> str:
@@ -395,6 +409,9 @@ def describe(loaded: Loaded) -> List[str]:
         shown = "(unset)" if value is None else value
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
+        if option.name == "NATS_INBOX_PREFIX" and value is None:
+            shown = f"{settings.inbox_prefix} (derived from " + (
+                "HOSTNAME)" if settings.role == "producer" else "the role)")
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")
     return lines
 

@@ -75,6 +75,7 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> C
         error_cb=reporter.error,
         disconnected_cb=reporter.disconnected,
         reconnected_cb=reconnected,
+        inbox_prefix=settings.inbox_prefix,  # so that permissions can allow this client its replies only
     )
     ctx = tls_context(settings)
     if ctx is not None:

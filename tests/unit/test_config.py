@@ -89,3 +89,18 @@ def test_every_setting_is_in_a_sample_env_file_and_the_readme():
     for option in config.OPTIONS:
         assert f"{option.name}=" in samples, option.name
         assert f"`{option.name}`" in readme, option.name
+
+
+def test_inbox_prefix_is_derived_from_the_identity_unless_set(tmp_path):
+    files = dict(BASE)
+    files["producer.env"] += "HOSTNAME=web1.example.net\n"
+    producer = load(tmp_path, "producer", files=files)
+    assert producer.settings.inbox_prefix == "_INBOX_host_web1_example_net"
+    assert "NATS_INBOX_PREFIX=_INBOX_host_web1_example_net (derived from HOSTNAME)  # default" \
+        in config.describe(producer)
+    assert load(tmp_path, "consumer", files=BASE).settings.inbox_prefix == "_INBOX_consumer"
+    assert load(tmp_path, "admin", files=BASE).settings.inbox_prefix == "_INBOX_consumer"  # setup, status
+    assert load(tmp_path, "producer", files=files,
+                environ={"NATS_INBOX_PREFIX": "_INBOX_mine"}).settings.inbox_prefix == "_INBOX_mine"
+    with pytest.raises(ConfigError, match="NATS_INBOX_PREFIX"):
+        load(tmp_path, "producer", files=files, environ={"NATS_INBOX_PREFIX": "_INBOX.*"})
