@@ -133,7 +133,7 @@ async def _admin_connect(settings: config.Settings):
     try:
         return await asyncio.wait_for(connection.connect(settings), 15)
     except asyncio.TimeoutError:
-        raise SystemExit(f"fshipper: no NATS server answered at {', '.join(settings.nats_url)}") from None
+        raise SystemExit(f"fshipper: no NATS server answered at {connection.servers(settings)}") from None
 
 
 async def _setup(settings: config.Settings) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
@@ -13,6 +14,26 @@ from nats.aio.client import Client
 from .config import Settings
 
 log = logging.getLogger(__name__)
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (nats://user:secret@h -> nats://user:***@h); a
+    lone user name is a token, hidden as well."""
+    parts = urlsplit(url if "://" in url else "nats://" + url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host += f":{parts.port}"
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
+def servers(settings: Settings) -> str:
+    """NATS_URL for messages: comma separated, passwords hidden."""
+    return ", ".join(redacted(u) for u in settings.nats_url)
 
 
 class _Reporter:
@@ -82,7 +103,7 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> C
         options["tls"] = ctx
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
-    log.info("NATS: connecting to %s", ", ".join(settings.nats_url))
+    log.info("NATS: connecting to %s", servers(settings))
     await nc.connect(**options)
     reporter.reported.clear()
     nc._fshipper_reporter = reporter  # type: ignore[attr-defined]

@@ -104,3 +104,15 @@ def test_inbox_prefix_is_derived_from_the_identity_unless_set(tmp_path):
                 environ={"NATS_INBOX_PREFIX": "_INBOX_mine"}).settings.inbox_prefix == "_INBOX_mine"
     with pytest.raises(ConfigError, match="NATS_INBOX_PREFIX"):
         load(tmp_path, "producer", files=files, environ={"NATS_INBOX_PREFIX": "_INBOX.*"})
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("nats://n1:4222", "nats://n1:4222"),
+    ("tls://web1:s3cret@n1:4222", "tls://web1:***@n1:4222"),
+    ("nats://s3cret-token@n1:4222", "nats://***@n1:4222"),
+    ("nats://u:p%40ss@[::1]:4222", "nats://u:***@[::1]:4222"),
+])
+def test_urls_are_shown_without_their_secrets(url, shown):
+    from fshipper import connection
+
+    assert connection.redacted(url) == shown
