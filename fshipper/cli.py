@@ -54,10 +54,13 @@ def _daemon_parser(role: str) -> argparse.ArgumentParser:
 
 
 def _load(role: str, args: argparse.Namespace, program: str) -> config.Loaded:
+    from . import connection
+
     try:
         loaded = config.load(role, args.instance, args.config_dir)
         if role != "admin":
             config.require_dependencies(loaded.settings)
+        connection.check_tls(loaded)
     except (ConfigError, DependencyError) as e:
         sys.stderr.write(f"{program}: {e}\n")
         sys.exit(e.exit_code)

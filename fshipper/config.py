@@ -251,9 +251,19 @@ class Settings:
         return wire.inbox_prefix(self.hostname if self.role == "producer" else None)
 
     @property
+    def tls_required(self) -> bool:
+        """tls:// (or wss://) in NATS_URL, or a CA or client certificate: then nothing
+        may be sent on a connection that is not TLS."""
+        return bool(self.nats_ca or self.nats_certificate) or any(_scheme(u) in ("tls", "wss") for u in self.nats_url)
+
+    @property
     def name(self) -> str:
         """`producer` or `producer-<instance>`: names the pidfile and state file."""
         return f"{self.role}-{self.instance}" if self.instance else self.role
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url if "://" in url else "nats://" + url).scheme
 
 
 def stream_name(subject: str) -> str:
@@ -383,6 +393,10 @@ def load(
         elif not output.startswith("/"):
             raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
     settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
+    plain = [u for u in settings.nats_url if _scheme(u) == "ws"]
+    if plain and settings.tls_required:
+        raise ConfigError(f"{sources['NATS_URL']}: NATS_URL={plain[0]!r}: a ws:// connection is never TLS, "
+                          "and TLS is asked for (tls://, wss://, NATS_CA or NATS_CERTIFICATE): use wss://")
     return Loaded(settings, sources, warnings, texts)
 
 

@@ -13,7 +13,7 @@ import logging
 import signal
 from typing import Callable
 
-from . import config
+from . import config, connection
 from .config import ConfigError, DependencyError, Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ async def serve(settings: Settings, config_dir: str, ready: Callable[[], None]) 
             try:
                 loaded = config.load(settings.role, settings.instance, config_dir)
                 config.require_dependencies(loaded.settings)
+                connection.check_tls(loaded)
             except (ConfigError, DependencyError) as e:
                 log.error("reload refused, keeping the running configuration: %s", e)
                 continue

@@ -106,6 +106,37 @@ def test_inbox_prefix_is_derived_from_the_identity_unless_set(tmp_path):
         load(tmp_path, "producer", files=files, environ={"NATS_INBOX_PREFIX": "_INBOX.*"})
 
 
+@pytest.mark.parametrize("url, environ, required", [
+    ("nats://n1:4222", {}, False),
+    ("tls://n1:4222", {}, True),
+    ("nats://n1:4222,tls://n2:4222", {}, True),
+    ("wss://n1:443", {}, True),
+    ("nats://n1:4222", {"NATS_CA": __file__}, True),
+])
+def test_tls_is_required_by_a_tls_url_or_a_ca(tmp_path, url, environ, required):
+    files = dict(BASE, **{"fshipper.env": f"NATS_URL={url}\nSHIPPER_SUBJECT=shipper\n"})
+    assert load(tmp_path, files=files, environ=environ).settings.tls_required is required
+
+
+def test_a_plain_websocket_with_tls_asked_for_is_refused(tmp_path):
+    files = dict(BASE, **{"fshipper.env": "NATS_URL=wss://n1:443,ws://n2:80\nSHIPPER_SUBJECT=shipper\n"})
+    with pytest.raises(ConfigError, match=r"fshipper.env:1: NATS_URL='ws://n2:80': a ws:// connection is never TLS"):
+        load(tmp_path, files=files)
+
+
+def test_unusable_tls_files_are_a_config_error_naming_them(tmp_path):
+    from fshipper import connection
+
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    files = dict(BASE)
+    files["fshipper.env"] += f"NATS_CERTIFICATE={tmp_path}/cert.pem\nNATS_KEY={tmp_path}/key.pem\n"
+    loaded = load(tmp_path, files=files)
+    with pytest.raises(ConfigError, match=r"NATS_CERTIFICATE \(.*fshipper.env:3\), NATS_KEY \(.*fshipper.env:4\): "
+                                          r"cannot be used for TLS"):
+        connection.check_tls(loaded)
+
+
 @pytest.mark.parametrize("url, shown", [
     ("nats://n1:4222", "nats://n1:4222"),
     ("tls://web1:s3cret@n1:4222", "tls://web1:***@n1:4222"),
