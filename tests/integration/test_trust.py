@@ -1,5 +1,5 @@
-"""Trust between hosts: TLS is never downgraded, and per-host permissions hold
-against a real nats-server."""
+"""Trust between hosts: TLS is never downgraded, per-host permissions hold against
+a real nats-server, and a pre-empted message id loses no line."""
 
 import asyncio
 import json
@@ -283,3 +283,90 @@ def test_a_host_can_neither_impersonate_nor_read_nor_silence_another(secured):
     assert out1.replace(b"forged line\n", b"") == s.logs[web1].read_bytes()  # web1 may write as itself
     assert "violation" not in s.all_logs().lower(), s.all_logs()
     assert all(d.running() for d in daemons.values())
+
+
+def next_headers(position: Path, log: Path, host: str, appended: int) -> Dict[str, str]:
+    """The headers the producer will give the next `appended` bytes, as anyone who
+    knows its state (origin, file number) and the file's size can work them out."""
+    state = json.loads(position.read_text())
+    size = log.stat().st_size
+    assert state["offset"] == size
+    ref = state["file"]
+    pos = wire.Position(state["origin"], ref["gen"], size, size + appended, ref["prev_gen"], ref["prev_end"])
+    return wire.headers(host, pos, more=False)
+
+
+def confirmed_all(position: Path, log: Path) -> bool:
+    return position.exists() and json.loads(position.read_text())["offset"] == log.stat().st_size
+
+
+def numbered(first: int, count: int) -> bytes:
+    return b"".join(f"line {n:09d}\n".encode() for n in range(first, first + count))
+
+
+def test_a_pre_empted_message_id_loses_no_line(secured):
+    s = secured
+    web1, web2 = HOSTS
+    daemons = start_all(s)
+    append_numbered(s.logs[web1], 1, 1_000)
+    position = s.root / f"state-{web1}" / "producer.position"
+    wait_until(lambda: shipped(s, web1) and confirmed_all(position, s.logs[web1]), 30, s.all_logs)
+
+    new_lines = numbered(1_001, 200)
+    msg_id = next_headers(position, s.logs[web1], web1, len(new_lines))[wire.HDR_MSG_ID]
+
+    async def pre_empt() -> bool:
+        # web2's own credentials, its own subject: nothing a permission can refuse.
+        nc = await nats.connect(s.url(web2), tls=s.tls(), inbox_prefix=wire.inbox_prefix(web2))
+        try:
+            ack = await nc.jetstream().publish(wire.subject("shipper", web2, PARTITIONS), b"pre-empted",
+                                               headers={wire.HDR_MSG_ID: msg_id})
+            return ack.duplicate
+        finally:
+            await nc.close()
+
+    assert asyncio.run(pre_empt()) is not True
+    with open(s.logs[web1], "ab") as f:
+        f.write(new_lines)   # one write: the producer reads it as one message, with that id
+    wait_until(lambda: shipped(s, web1), 30, s.all_logs)   # (without the fix: never)
+    append_numbered(s.logs[web1], 1_201, 1_000)
+    wait_until(lambda: shipped(s, web1), 30, s.all_logs)
+    out = s.output(web1)
+    assert out == s.logs[web1].read_bytes(), verdict(out, range(1, 2_201))
+    producer_log = daemons[web1].tail(20_000)
+    assert f"ERROR the server already had message id {msg_id} before this producer sent it" in producer_log, \
+        producer_log
+
+
+def test_a_message_stored_by_the_previous_run_is_a_warning_and_written_once(pipeline, nats_server):
+    """A run that stopped after the server stored a message but before it heard so:
+    the next run's send of the same range is a duplicate; it is sent again under a
+    fresh id (stored twice) and written once."""
+    p = pipeline()
+    append_numbered(p.log, 1, 1_000)
+    p.consumer.start()
+    p.producer.start()
+    position = p.state / "producer.position"
+    wait_until(lambda: p.output_files() and p.output() == p.log.read_bytes()
+               and confirmed_all(position, p.log), 30, p.logs)
+    assert p.producer.stop() == 0
+    new_lines = numbered(1_001, 200)
+    headers = next_headers(position, p.log, p.host, len(new_lines))
+    with open(p.log, "ab") as f:
+        f.write(new_lines)
+
+    async def as_the_previous_run() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(wire.subject("shipper", p.host, 0), new_lines[:-1], headers=headers)
+        finally:
+            await nc.close()
+
+    asyncio.run(as_the_previous_run())
+    p.producer.start()
+    wait_until(lambda: confirmed_all(position, p.log), 30, p.logs)
+    append_numbered(p.log, 1_201, 1_000)   # and on from there
+    wait_until(lambda: p.output() == p.log.read_bytes(), 30, p.logs)
+    log = p.producer.tail(20_000)
+    assert f"WARNING the server already had message id {headers[wire.HDR_MSG_ID]} (sent before" in log, log
+    assert "ERROR" not in log
