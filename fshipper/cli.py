@@ -54,10 +54,13 @@ def _daemon_parser(role: str) -> argparse.ArgumentParser:
 
 
 def _load(role: str, args: argparse.Namespace, program: str) -> config.Loaded:
+    from . import connection
+
     try:
         loaded = config.load(role, args.instance, args.config_dir)
         if role != "admin":
             config.require_dependencies(loaded.settings)
+        connection.check_tls(loaded)
     except (ConfigError, DependencyError) as e:
         sys.stderr.write(f"{program}: {e}\n")
         sys.exit(e.exit_code)
@@ -133,8 +136,7 @@ async def _admin_connect(settings: config.Settings):
     try:
         return await asyncio.wait_for(connection.connect(settings), 15)
     except asyncio.TimeoutError:
-        raise SystemExit("fshipper: no NATS server answered at "
-                         + config.redact_url(", ".join(settings.nats_url))) from None
+        raise SystemExit(f"fshipper: no NATS server answered at {connection.servers(settings)}") from None
 
 
 async def _setup(settings: config.Settings) -> int:
@@ -191,6 +193,26 @@ def _local_status(state_dir: str) -> None:
                   f"confirmed up to byte {data.get('offset', 0)}")
 
 
+def _permissions(args: argparse.Namespace) -> int:
+    from . import permissions
+
+    settings = _load("admin", args, "fshipper").settings
+    if args.role == "producer":
+        try:
+            for flag, value, name in (("--host", args.host, "HOSTNAME"),
+                                      ("--inbox-prefix", args.inbox_prefix, "NATS_INBOX_PREFIX")):
+                if value is not None:
+                    config.BY_NAME[name].convert(value)
+        except ValueError as e:
+            sys.stderr.write(f"fshipper: {flag} {value!r}: {e}\n")
+            return EX_CONFIG
+        allowed = permissions.producer(settings, args.host, args.inbox_prefix)
+    else:
+        allowed = permissions.consumer(settings)
+    print(json.dumps(allowed, indent=2))
+    return 0
+
+
 def admin_main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="fshipper", description="fshipper administration")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -201,13 +223,28 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     for name, text in (("setup", "create or update the stream and the partitions' consumers"),
                        ("status", "show the stream, its consumers and local positions")):
         _common(sub.add_parser(name, help=text))
+    perms = sub.add_parser(
+        "permissions", help="print the nats-server permissions of a producer or of the consumer (JSON)",
+        description="Print the nats-server `permissions` object for one producer host or for the "
+                    "consumer (which also covers `fshipper setup` and `status`). SHIPPER_SUBJECT, "
+                    "SHIPPER_PARTITIONS, SHIPPER_STREAM and the consumer's NATS_INBOX_PREFIX come "
+                    "from the same files as `fshipper setup` reads.")
+    perms.add_argument("--role", choices=("producer", "consumer"), required=True)
+    perms.add_argument("--host", help="the producer's HOSTNAME (required with --role producer)")
+    perms.add_argument("--inbox-prefix", metavar="PREFIX",
+                       help="the producer's NATS_INBOX_PREFIX, if it sets one (default: from --host)")
+    _common(perms)
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
+    if args.command == "permissions" and args.role == "producer" and not args.host:
+        perms.error("--role producer needs --host")
     if args.command == "version":
         print(f"fshipper {__version__}")
         sys.exit(0)
     if args.command == "check-config":
         sys.exit(_check_config(args))
+    if args.command == "permissions":
+        sys.exit(_permissions(args))
     if args.command in ("setup", "status"):
         settings = _load("admin", args, "fshipper").settings
         logging.basicConfig(level=logging.WARNING, format="fshipper: %(message)s")

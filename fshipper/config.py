@@ -216,6 +216,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("NATS_CERTIFICATE", (P, C, A), _readable_file, None, "TLS client certificate (with NATS_KEY)"),
     Option("NATS_KEY", (P, C, A), _readable_file, None, "TLS client private key (with NATS_CERTIFICATE)"),
     Option("NATS_CA", (P, C, A), _readable_file, None, "CA chain to verify the servers"),
+    Option("NATS_INBOX_PREFIX", (P, C, A), _subject, None,
+           "subject prefix of this client's replies (default: _INBOX_host_<host> for a producer, "
+           "_INBOX_consumer for the consumer and the admin commands)"),
     Option("SHIPPER_SUBJECT", (P, C, A), _subject, None, "subject prefix", (P, C, A)),
     Option("SHIPPER_MODE", (P, C, A), _choice("jetstream", "core"), "jetstream",
            "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
@@ -257,6 +260,7 @@ class Settings:
     nats_certificate: Optional[str]
     nats_key: Optional[str]
     nats_ca: Optional[str]
+    nats_inbox_prefix: Optional[str]
     shipper_subject: str
     shipper_mode: str
     shipper_file: Optional[str]
@@ -286,9 +290,27 @@ class Settings:
         return self.shipper_stream or stream_name(self.shipper_subject)
 
     @property
+    def inbox_prefix(self) -> str:
+        """Where this client receives replies; per host by default, so that a host's
+        permissions can allow its own replies and nobody else's."""
+        if self.nats_inbox_prefix:
+            return self.nats_inbox_prefix
+        return wire.inbox_prefix(self.hostname if self.role == "producer" else None)
+
+    @property
+    def tls_required(self) -> bool:
+        """tls:// (or wss://) in NATS_URL, or a CA or client certificate: then nothing
+        may be sent on a connection that is not TLS."""
+        return bool(self.nats_ca or self.nats_certificate) or any(_scheme(u) in ("tls", "wss") for u in self.nats_url)
+
+    @property
     def name(self) -> str:
         """`producer` or `producer-<instance>`: names the pidfile and state file."""
         return f"{self.role}-{self.instance}" if self.instance else self.role
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url if "://" in url else "nats://" + url).scheme
 
 
 def stream_name(subject: str) -> str:
@@ -460,6 +482,10 @@ def load(
         elif not output.startswith("/"):
             raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
     settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
+    plain = [u for u in settings.nats_url if _scheme(u) == "ws"]
+    if plain and settings.tls_required:
+        raise ConfigError(f"{sources['NATS_URL']}: NATS_URL={plain[0]!r}: a ws:// connection is never TLS, "
+                          "and TLS is asked for (tls://, wss://, NATS_CA or NATS_CERTIFICATE): use wss://")
     return Loaded(settings, sources, warnings, texts)
 
 
@@ -486,6 +512,9 @@ def describe(loaded: Loaded) -> List[str]:
         shown = "(unset)" if value is None else option.show(value)
         if option.name == "SHIPPER_STREAM" and value is None:
             shown = f"{settings.stream} (derived from SHIPPER_SUBJECT)"
+        if option.name == "NATS_INBOX_PREFIX" and value is None:
+            shown = f"{settings.inbox_prefix} (derived from " + (
+                "HOSTNAME)" if settings.role == "producer" else "the role)")
         lines.append(f"{option.name}={shown}  # {loaded.sources[option.name]}")
     return lines
 

@@ -1,4 +1,13 @@
-"""The NATS connection: servers, TLS, credentials, reconnecting forever, quiet logs."""
+"""The NATS connection: servers, TLS, credentials, reconnecting forever, quiet logs.
+
+TLS is never downgraded. nats-py upgrades a connection to TLS only when the
+server's first message (INFO, always in plain text) asks for it; if it does not
+(a server without TLS, or someone in between who removed the request), nats-py
+carries on in plain text and sends CONNECT with the credentials. When TLS is
+asked for (Settings.tls_required), the client below refuses to send CONNECT on
+a connection that is not TLS: the attempt fails, is logged, and retried like
+any other failed connection, so a daemon recovers once the server does TLS.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +17,49 @@ import ssl
 from typing import Optional
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
-from .config import Settings, redact_url
+from .config import ConfigError, Loaded, Settings, redact_url
 
 log = logging.getLogger(__name__)
+
+
+class TlsRequiredError(nats.errors.Error):
+    """The server did not start TLS where TLS is required; nothing was sent."""
+
+
+class _TlsOnlyClient(Client):
+    """nats-py's client that sends CONNECT only over TLS.
+
+    `_connect_command` is where nats-py builds CONNECT, right before writing it,
+    after any TLS upgrade, on first connects and reconnects alike; it is not public
+    API, so tests/integration/test_trust.py checks this against a server that
+    does not ask for TLS.
+    """
+
+    def _connect_command(self) -> bytes:
+        if not _on_tls(self):
+            server = self._current_server.uri if self._current_server else None
+            where = f"{server.hostname}:{server.port}" if server else "the server"
+            raise TlsRequiredError(
+                f"{where} did not start TLS (its INFO does not ask for it) and TLS is required "
+                "(tls:// in NATS_URL, NATS_CA or NATS_CERTIFICATE): nothing sent, not even CONNECT; "
+                "retrying; check the server's tls block, or whether something in between strips TLS")
+        return super()._connect_command()
+
+
+def _on_tls(nc: Client) -> bool:
+    writer = getattr(nc._transport, "_io_writer", None)   # TCP: the stream after any upgrade
+    if writer is not None:
+        return writer.get_extra_info("ssl_object") is not None
+    # WebSocket: nats-py opens wss:// with TLS and never upgrades ws://
+    return nc._current_server is not None and nc._current_server.uri.scheme == "wss"
+
+
+def servers(settings: Settings) -> str:
+    """NATS_URL for messages: comma separated, passwords hidden."""
+    return redact_url(", ".join(settings.nats_url))
 
 
 class _Reporter:
@@ -26,7 +73,8 @@ class _Reporter:
         kind = type(e).__name__
         if kind not in self.reported:
             self.reported.add(kind)
-            log.warning("NATS: %s", str(e) or kind)
+            level = logging.ERROR if isinstance(e, TlsRequiredError) else logging.WARNING
+            log.log(level, "NATS: %s", str(e) or kind)
 
     async def disconnected(self) -> None:
         if self.closing:
@@ -46,18 +94,34 @@ def _where(nc: Client) -> str:
 
 
 def tls_context(settings: Settings) -> Optional[ssl.SSLContext]:
-    if not (settings.nats_ca or settings.nats_certificate):
+    """The context to verify servers with (the system's CAs unless NATS_CA), with the
+    client certificate if any; None when TLS is not required (nats-py then makes one
+    itself if a server asks for TLS)."""
+    if not settings.tls_required:
         return None
     ctx = ssl.create_default_context(cafile=settings.nats_ca)
     if settings.nats_certificate:
-        ctx.load_cert_chain(settings.nats_certificate, settings.nats_key)
+        # An encrypted key would make OpenSSL prompt on the terminal: fail instead.
+        ctx.load_cert_chain(settings.nats_certificate, settings.nats_key, password=lambda: "")
     return ctx
+
+
+def check_tls(loaded: Loaded) -> None:
+    """Fail at start (exit 78), not at each connection attempt, when the certificate,
+    key or CA cannot be used: retrying never makes that better."""
+    try:
+        tls_context(loaded.settings)
+    except (ssl.SSLError, OSError) as e:
+        names = [f"{name} ({loaded.sources[name]})" for name in ("NATS_CA", "NATS_CERTIFICATE", "NATS_KEY")
+                 if loaded.texts[name]]
+        raise ConfigError(f"{', '.join(names)}: cannot be used for TLS: "
+                          f"{getattr(e, 'reason', None) or e}") from None
 
 
 async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> Client:
     """Connect, retrying until a server answers; reconnect forever afterwards."""
     reporter = _Reporter()
-    nc = Client()
+    nc = _TlsOnlyClient() if settings.tls_required else Client()
 
     async def reconnected() -> None:
         await reporter.reconnected(nc)
@@ -75,13 +139,14 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> C
         error_cb=reporter.error,
         disconnected_cb=reporter.disconnected,
         reconnected_cb=reconnected,
+        inbox_prefix=settings.inbox_prefix,  # so that permissions can allow this client its replies only
     )
     ctx = tls_context(settings)
     if ctx is not None:
         options["tls"] = ctx
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
-    log.info("NATS: connecting to %s", redact_url(", ".join(settings.nats_url)))
+    log.info("NATS: connecting to %s", servers(settings))
     await nc.connect(**options)
     reporter.reported.clear()
     nc._fshipper_reporter = reporter  # type: ignore[attr-defined]

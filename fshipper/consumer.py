@@ -23,7 +23,7 @@ from . import connection, failpoint, streams, wire
 from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
-from .sink import Sink, safe_host
+from .sink import Sink
 from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class Consumer:
         """None: refuse; DUPLICATE; a float: early, ask again after that delay;
         an int: written (bytes queued for this batch)."""
         parsed = wire.parse_subject(self.settings.shipper_subject, msg.subject)
-        if parsed is None or (self.settings.shipper_directory and not safe_host(parsed[1])):
+        if parsed is None or (self.settings.shipper_directory and not wire.safe_host(parsed[1])):
             self._refuse(msg.subject)
             return None
         host = parsed[1]

@@ -4,6 +4,21 @@ The file itself is the buffer: at most `SHIPPER_MAX_INFLIGHT` messages are in
 flight, and nothing is read ahead of them, so memory stays flat however large
 the backlog. After a failure the unconfirmed messages are sent again, in order,
 with the same ids; the server drops those it already has.
+
+A "duplicate" answer is not taken as a confirmation. Message ids are stable
+and so predictable: another client of the stream that knows the next id (even
+one allowed to publish on its own subject only) can publish it first, and
+the server would then drop this host's real message as a repeat. So a
+duplicate is sent again under the same id plus a random suffix that no one
+can guess, and counts as confirmed only when the server stores it. Storing a
+range twice is harmless: the consumer writes each range once (Fshipper-Pos).
+The same happens, legitimately, for a message stored whose confirmation was
+lost (a re-send) or that a previous run sent before it stopped: those are a
+warning. A duplicate for a message this run sent once, after the server had
+stored one of this run's messages under its own id, was pre-empted: an error
+naming the id. (Rarely, after a restart, a previous run's message that the new
+run happens to cut at the same bytes is reported so too; its lines still
+arrive once.)
 """
 
 from __future__ import annotations
@@ -11,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import time
 from typing import Callable, Deque, Optional
 
@@ -31,11 +47,17 @@ HEADER_ROOM = 1024   # headers count against the server's max_payload
 
 
 class Sent:
-    __slots__ = ("chunk", "future")
+    """A chunk in the publish window: its latest publish, how many times it was
+    published, and the random suffix of its id once a duplicate answer made one
+    necessary."""
 
-    def __init__(self, chunk: Chunk, future: "asyncio.Future") -> None:
+    __slots__ = ("chunk", "future", "sends", "suffix")
+
+    def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
-        self.future = future
+        self.future: "asyncio.Future" = asyncio.get_running_loop().create_future()
+        self.sends = 0
+        self.suffix = ""
 
 
 def _failure(future: "asyncio.Future") -> Optional[BaseException]:
@@ -43,6 +65,11 @@ def _failure(future: "asyncio.Future") -> Optional[BaseException]:
     if future.cancelled():
         return asyncio.CancelledError("publish abandoned")
     return future.exception()
+
+
+def _stored(future: "asyncio.Future") -> bool:
+    """Did the server store the message now (not answer "duplicate")?"""
+    return future.done() and _failure(future) is None and not future.result().duplicate
 
 
 class Producer:
@@ -55,6 +82,8 @@ class Producer:
         self.follower: Optional[Follower] = None
         self.window: Deque[Sent] = collections.deque()
         self.backoff = Backoff(first=0.5, cap=30.0)
+        self.stored_fresh = False   # has the server stored anything this run sent?
+        self.repeats_reported = False
         self.nc = None
         self.max_bytes = settings.shipper_batch_bytes
 
@@ -105,6 +134,13 @@ class Producer:
                 await self._recover(js, stop, asyncio.TimeoutError("no confirmation within %.0fs" % ACK_TIMEOUT))
                 continue
             error = _failure(head.future)
+            if error is None and not _stored(head.future):
+                self._report_duplicate(head)
+                head.suffix = secrets.token_hex(8)
+                try:
+                    await self._publish(js, head)
+                except (nats.errors.Error, OSError) as e:
+                    error = e
             if error is not None:
                 await self._recover(js, stop, error)
                 continue
@@ -118,14 +154,34 @@ class Producer:
                 return
             if not self.store.placed:
                 self.store.place(chunk.ref, chunk.start)
-            future = await self._publish(js, chunk)
-            self.window.append(Sent(chunk, future))
+            sent = Sent(chunk)
+            # In the window before it is published: a publish the client refuses
+            # (its buffer full while disconnected) is sent again, not lost.
+            self.window.append(sent)
+            await self._publish(js, sent)
 
-    async def _publish(self, js, chunk: Chunk) -> "asyncio.Future":
-        return await js.publish_async(self.subject, chunk.payload, headers=self._headers(chunk))
+    async def _publish(self, js, sent: Sent) -> None:
+        headers = self._headers(sent.chunk, sent.suffix)
+        sent.future = await js.publish_async(self.subject, sent.chunk.payload, headers=headers)
+        sent.sends += 1
 
-    def _headers(self, chunk: Chunk) -> dict:
-        return wire.headers(self.host, chunk.position(self.store.origin, self.store.first), chunk.more)
+    def _headers(self, chunk: Chunk, suffix: str = "") -> dict:
+        headers = wire.headers(self.host, chunk.position(self.store.origin, self.store.first), chunk.more)
+        if suffix:
+            headers[wire.HDR_MSG_ID] += ":" + suffix
+        return headers
+
+    def _report_duplicate(self, sent: Sent) -> None:
+        msg_id = self._headers(sent.chunk, sent.suffix)[wire.HDR_MSG_ID]
+        if sent.sends == 1 and self.stored_fresh:
+            log.error("the server already had message id %s before this producer sent it: another client "
+                      "pre-empted it (it knows this host's ids); sending bytes %d-%d again under an id "
+                      "no one can guess", msg_id, sent.chunk.start, sent.chunk.end)
+        elif not self.repeats_reported:  # a re-send or a previous run's: once until the next fresh one
+            self.repeats_reported = True
+            log.warning("the server already had message id %s (sent before, by this run or the previous "
+                        "one, and not confirmed; or pre-empted by another client): sending it again under "
+                        "an id no one can guess; the consumer writes it once", msg_id)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Nothing to send: wait for the file to change. A confirmed position not
@@ -138,8 +194,13 @@ class Producer:
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
         confirmed = None
-        while self.window and self.window[0].future.done() and _failure(self.window[0].future) is None:
-            confirmed = self.window.popleft().chunk
+        while self.window and _stored(self.window[0].future):
+            sent = self.window.popleft()
+            confirmed = sent.chunk
+            if not sent.suffix:
+                # Stored under its own id: the ids after it are new to the server
+                # too, unless someone else used them first.
+                self.stored_fresh, self.repeats_reported = True, False
         if confirmed is not None:
             self.backoff.reset()
             self.store.update(confirmed.ref, confirmed.end)
@@ -161,7 +222,7 @@ class Producer:
             return
         try:
             for sent in self.window:
-                sent.future = await self._publish(js, sent.chunk)
+                await self._publish(js, sent)
         except (nats.errors.Error, OSError) as e:
             log.debug("re-publish failed: %s", e)
             self._abandon()
@@ -183,6 +244,8 @@ class Producer:
                 await asyncio.wait_for(asyncio.shield(head.future), deadline - time.monotonic())
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 break
+            if not _stored(head.future):
+                break   # a duplicate: sent again next start
             self._confirm()
         self._abandon()
         if self.window:

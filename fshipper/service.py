@@ -14,7 +14,7 @@ import logging
 import signal
 from typing import Callable, Optional
 
-from . import config
+from . import config, connection
 from .config import ConfigError, DependencyError, Settings
 from .daemon import StateLock
 
@@ -65,6 +65,7 @@ async def _work(settings: Settings, config_dir: str, ready: Callable[[], None],
         try:
             loaded = config.load(settings.role, settings.instance, config_dir)
             config.require_dependencies(loaded.settings)
+            connection.check_tls(loaded)
         except (ConfigError, DependencyError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             continue

@@ -20,7 +20,6 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from .util import fsync_directory
-from .wire import safe_host  # noqa: F401  (the rule is the wire contract's; kept importable here)
 
 log = logging.getLogger(__name__)
 

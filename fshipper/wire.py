@@ -18,6 +18,9 @@
                  taken to start at the first file's byte 0).
   Fshipper-Part  "more": the payload is part of a line that continues in the next
                  message (a line longer than one message); no newline after it.
+- Inboxes (where replies come back): a producer's are under _INBOX_host_<host as one
+  token>, the consumer's under _INBOX_consumer (both overridable with
+  NATS_INBOX_PREFIX), so per-host permissions can allow a host its own replies only.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from typing import Mapping, Optional, Tuple
 
 FNV_OFFSET = 2166136261
 FNV_PRIME = 16777619
+
+INBOX_HOST = "_INBOX_host_"
+INBOX_CONSUMER = "_INBOX_consumer"
+_TOKEN_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_POS = "Fshipper-Pos"
@@ -67,6 +74,28 @@ def partition(host: str, partitions: int) -> int:
 
 def subject(prefix: str, host: str, partitions: int) -> str:
     return f"{prefix}.p{partition(host, partitions)}.{host}"
+
+
+def host_token(host: str) -> str:
+    """The host as one subject token, so that no host's inbox prefix is a prefix of
+    another's (with dots kept, `_INBOX_host_web1.>` would cover web1.example.net's).
+    Each '.' becomes '_' and every other byte outside letters, digits and '-' becomes
+    ~XX: web1.example.net -> web1_example_net, a_b -> a~5Fb. Reversible, so two
+    hosts never share a token."""
+    out = []
+    for byte in host.encode("utf-8", "surrogateescape"):
+        if byte in _TOKEN_SAFE:
+            out.append(chr(byte))
+        elif byte == 0x2E:
+            out.append("_")
+        else:
+            out.append(f"~{byte:02X}")
+    return "".join(out)
+
+
+def inbox_prefix(host: Optional[str]) -> str:
+    """The default NATS_INBOX_PREFIX: a producer's from its host, else the consumer's."""
+    return INBOX_HOST + host_token(host) if host else INBOX_CONSUMER
 
 
 def partition_filter(prefix: str, number: int) -> str:

@@ -132,7 +132,7 @@ def test_crlf_files_read_like_lf_files(tmp_path):
 
 @pytest.mark.parametrize("value", ["/var/log/a\tb", "/var/log/a\x00b", "/var/log/a\x7fb", "/var/log/a\x9bb"])
 def test_control_characters_inside_a_quoted_value_are_refused(tmp_path, value):
-    with pytest.raises(ConfigError, match=rf"producer.env:1: SHIPPER_FILE: the value holds the control character"):
+    with pytest.raises(ConfigError, match=r"producer.env:1: SHIPPER_FILE: the value holds the control character"):
         load(tmp_path, files={**BASE, "producer.env": f'SHIPPER_FILE="{value}"\n'})
 
 
@@ -233,7 +233,7 @@ def test_the_producer_takes_a_host_name_exactly_when_the_consumer_does(tmp_path,
     if safe:
         assert load(tmp_path, files=BASE, environ={"HOSTNAME": host}).settings.hostname == host
     else:
-        with pytest.raises(ConfigError, match=rf"^environment: HOSTNAME=.*: expected a host name of ASCII"):
+        with pytest.raises(ConfigError, match=r"^environment: HOSTNAME=.*: expected a host name of ASCII"):
             load(tmp_path, files=BASE, environ={"HOSTNAME": host})
 
 
@@ -271,3 +271,59 @@ def test_check_config_lines_and_errors_show_nats_url_redacted(tmp_path):
             load(tmp_path, files=BASE, environ={"NATS_URL": bad})
         assert "s3" not in str(refused.value) and "cret" not in str(refused.value), str(refused.value)
         assert "shipper:***@" in str(refused.value)
+
+
+def test_inbox_prefix_is_derived_from_the_identity_unless_set(tmp_path):
+    files = dict(BASE)
+    files["producer.env"] += "HOSTNAME=web1.example.net\n"
+    producer = load(tmp_path, "producer", files=files)
+    assert producer.settings.inbox_prefix == "_INBOX_host_web1_example_net"
+    assert "NATS_INBOX_PREFIX=_INBOX_host_web1_example_net (derived from HOSTNAME)  # default" \
+        in config.describe(producer)
+    assert load(tmp_path, "consumer", files=BASE).settings.inbox_prefix == "_INBOX_consumer"
+    assert load(tmp_path, "admin", files=BASE).settings.inbox_prefix == "_INBOX_consumer"  # setup, status
+    assert load(tmp_path, "producer", files=files,
+                environ={"NATS_INBOX_PREFIX": "_INBOX_mine"}).settings.inbox_prefix == "_INBOX_mine"
+    with pytest.raises(ConfigError, match="NATS_INBOX_PREFIX"):
+        load(tmp_path, "producer", files=files, environ={"NATS_INBOX_PREFIX": "_INBOX.*"})
+
+
+@pytest.mark.parametrize("url, environ, required", [
+    ("nats://n1:4222", {}, False),
+    ("tls://n1:4222", {}, True),
+    ("nats://n1:4222,tls://n2:4222", {}, True),
+    ("wss://n1:443", {}, True),
+    ("nats://n1:4222", {"NATS_CA": __file__}, True),
+])
+def test_tls_is_required_by_a_tls_url_or_a_ca(tmp_path, url, environ, required):
+    files = dict(BASE, **{"fshipper.env": f"NATS_URL={url}\nSHIPPER_SUBJECT=shipper\n"})
+    assert load(tmp_path, files=files, environ=environ).settings.tls_required is required
+
+
+def test_a_plain_websocket_with_tls_asked_for_is_refused(tmp_path):
+    files = dict(BASE, **{"fshipper.env": "NATS_URL=wss://n1:443,ws://n2:80\nSHIPPER_SUBJECT=shipper\n"})
+    with pytest.raises(ConfigError, match=r"fshipper.env:1: NATS_URL='ws://n2:80': a ws:// connection is never TLS"):
+        load(tmp_path, files=files)
+
+
+def test_unusable_tls_files_are_a_config_error_naming_them(tmp_path):
+    from fshipper import connection
+
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    files = dict(BASE)
+    files["fshipper.env"] += f"NATS_CERTIFICATE={tmp_path}/cert.pem\nNATS_KEY={tmp_path}/key.pem\n"
+    loaded = load(tmp_path, files=files)
+    with pytest.raises(ConfigError, match=r"NATS_CERTIFICATE \(.*fshipper.env:3\), NATS_KEY \(.*fshipper.env:4\): "
+                                          r"cannot be used for TLS"):
+        connection.check_tls(loaded)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("nats://n1:4222", "nats://n1:4222"),
+    ("tls://web1:s3cret@n1:4222", "tls://web1:***@n1:4222"),
+    ("nats://s3cret-token@n1:4222", "nats://***@n1:4222"),
+    ("nats://u:p%40ss@[::1]:4222", "nats://u:***@[::1]:4222"),
+])
+def test_urls_are_shown_without_their_secrets(url, shown):
+    assert config.redact_url(url) == shown

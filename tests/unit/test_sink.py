@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from fshipper.sink import Sink, pattern_glob, period_start, safe_host
+from fshipper.sink import Sink, pattern_glob, period_start
+from fshipper.wire import safe_host
 
 
 @pytest.mark.parametrize("host", ["web1", "web1.example.net", "db-2.prod", "host_1", "A1"])

@@ -77,3 +77,25 @@ def test_where_a_chain_begins():
                                   "a 0 0 5 - - 0", "a 0 0 5 - - x 0"])
 def test_bad_positions_are_ignored(text):
     assert wire.Position.decode(text) is None
+
+
+@pytest.mark.parametrize("host, token", [
+    ("web1", "web1"),
+    ("web1.example.net", "web1_example_net"),
+    ("a_b", "a~5Fb"),
+    ("a~b", "a~7Eb"),
+    ("h\u00e9", "h~C3~A9"),
+])
+def test_a_host_becomes_one_readable_subject_token(host, token):
+    assert wire.host_token(host) == token
+    assert wire.inbox_prefix(host) == "_INBOX_host_" + token
+
+
+def test_no_inbox_prefix_covers_another_hosts():
+    """With dots kept, web1's `<prefix>.>` would match web1.example.net's inboxes; a
+    `_` for each dot alone would give web1.x and web1_x the same prefix."""
+    hosts = ["web1", "web1.example.net", "web1_example.net", "web1.example_net", "web1_example_net",
+             "web1~5Fexample.net", "consumer", "fshipper.consumer"]
+    prefixes = [wire.inbox_prefix(h) for h in hosts] + [wire.inbox_prefix(None)]
+    assert len(set(prefixes)) == len(prefixes)
+    assert all("." not in p for p in prefixes)   # one token: `<prefix>.>` matches its own inboxes only
