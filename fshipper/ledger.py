@@ -62,7 +62,7 @@ class Ledger:
             pass
         except (ValueError, AttributeError, TypeError) as e:
             raise LedgerError(f"{self.path}: unreadable ledger ({e}); move it away to start over "
-                              "(lines still in the stream may then be written twice)") from None
+                              "(unacknowledged lines may then be written twice; see the README)") from None
         self._replay()
         now = time.time()
         self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
@@ -86,7 +86,8 @@ class Ledger:
                 if number == len(lines):
                     break  # torn by a crash mid-write: that batch was never acknowledged
                 raise LedgerError(f"{self.journal_path}:{number}: unreadable; move the ledger and "
-                                  "its journal away to start over") from None
+                                  "its journal away to start over (unacknowledged lines may then be "
+                                  "written twice; see the README)") from None
 
     # --- deciding --------------------------------------------------------------------
 

@@ -237,12 +237,6 @@ def test_the_producer_takes_a_host_name_exactly_when_the_consumer_does(tmp_path,
             load(tmp_path, files=BASE, environ={"HOSTNAME": host})
 
 
-def test_the_consumer_finds_the_same_rule_where_it_always_did():
-    from fshipper import consumer, sink
-
-    assert sink.safe_host is wire.safe_host and consumer.safe_host is wire.safe_host
-
-
 # --- secrets in NATS_URL ---------------------------------------------------------------
 
 @pytest.mark.parametrize("url, shown", [
