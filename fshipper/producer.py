@@ -91,6 +91,11 @@ class Producer:
         resume = self.store.load()
         self.follower = Follower(self.settings.shipper_file, self.settings.shipper_rotate_wait, resume)
         self.follower.start(asyncio.get_running_loop())
+        if not self.store.placed and self.follower.ref is not None:
+            # A first start: record the file now, not with its first line, so a
+            # restart after a rotation still finishes it (rather than take the
+            # rotated file for history from before fshipper ran).
+            self.store.place(self.follower.ref, self.follower.offset)
         self.store.flush()
         log.info("shipping %s as %s on %s (%s mode)", self.settings.shipper_file, self.host,
                  self.subject, self.settings.shipper_mode)

@@ -40,6 +40,10 @@ def test_kill_everything_under_logrotate(pipeline, nats_server, chaos):
     else:
         p.consumer.start()
         p.producer.start()
+    # The producer follows the file before the first line is written: a first
+    # start takes files rotated before it ever ran for history (on a loaded
+    # machine its start can take longer than the first rotation).
+    wait_until(lambda: "shipping" in p.producer.tail(), 30, lambda: f"the producer\n{p.logs()}")
     writer, rotator = Writer(p.log, total, rate), Rotator(p.log, 2.0, "create")
     started = time.monotonic()
     writer.start()

@@ -222,3 +222,24 @@ def test_without_directory_every_host_goes_into_one_file(pipeline, nats_server, 
     [path] = single.parent.glob("all.log-*")
     assert path.name.endswith("0000")   # '-%Y%m%d%H%M' of the day's start was appended
     assert path.read_bytes() == b"from a\nfrom b\n"
+
+
+def test_a_first_start_killed_before_its_first_line_still_ships_the_file_rotated_meanwhile(pipeline):
+    """The file a producer's first start follows is recorded at once: killed
+    before any line came, restarted after the file was rotated away, it ships
+    the rotated file (not skipped as history from before fshipper ran), then the new one."""
+    p = pipeline()
+    p.log.touch()
+    p.consumer.start()
+    p.producer.start()
+    wait_until(lambda: "shipping" in p.producer.tail(), 20, p.logs)
+    p.producer.stop(kill=True)
+    n = append_numbered(p.log, 1, 3_000)
+    p.log.rename(p.log.with_name("app.log.1"))
+    n = append_numbered(p.log, n, 3_000)
+    p.producer.start()
+    want = p.log.with_name("app.log.1").read_bytes() + p.log.read_bytes()
+    wait_until(lambda: len(p.output()) >= len(want), 30, lambda: f"everything\n{p.logs()}")
+    assert verdict(p.output(), range(1, n)) == {"lines": n - 1, "received": n - 1, "lost": 0, "duplicated": 0,
+                                                "reordered": 0}
+    assert p.output() == want
