@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__, config
+from .checks import SERVICE_USER
 from .config import EX_CONFIG, ConfigError, DependencyError
 
 log = logging.getLogger("fshipper")
@@ -115,19 +116,63 @@ def consumer_main() -> None:
 # --- fshipper (admin) -----------------------------------------------------------------
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Validate the layers (one of them possibly a candidate file), then the system
+    for the service user. Problems are one line each on stderr; 78 if any is an
+    error."""
+    from . import checks, connection
+
+    if args.candidate and not args.layer:
+        sys.stderr.write("fshipper: --candidate needs --layer fshipper|role|instance\n")
+        return EX_CONFIG
+    if args.layer == "instance" and not args.instance:
+        sys.stderr.write("fshipper: --layer instance needs --instance NAME\n")
+        return EX_CONFIG
+    if args.candidate and not os.path.isfile(args.candidate):
+        sys.stderr.write(f"fshipper: --candidate {args.candidate}: no such file\n")
+        return EX_CONFIG
     roles = [args.role] if args.role else [
         r for r in ("producer", "consumer") if os.path.exists(os.path.join(args.config_dir, f"{r}.env"))]
     if not roles:
         sys.stderr.write(f"fshipper: no producer.env or consumer.env in {args.config_dir}; "
                          "name one with --role\n")
         return EX_CONFIG
+    # A candidate is checked as the service will read it: the environment of
+    # whoever runs the check (Ansible, a shell) is not the service's.
+    environ = {} if args.no_environ or (args.candidate and not args.environ) else None
+    try:
+        user = checks.resolve_user(args.user)
+    except ConfigError as e:
+        sys.stderr.write(f"fshipper: {e}\n")
+        return e.exit_code
+    code = 0
     for role in roles:
-        loaded = _load(role, args, "fshipper")
-        print(f"# {role}" + (f" instance {args.instance}" if args.instance else "")
-              + ": configuration is valid")
+        substitute = {}
+        if args.candidate:
+            substitute[config.layer_files(args.config_dir, role, args.instance)[args.layer]] = args.candidate
+        try:
+            loaded = config.load(role, args.instance, args.config_dir, environ, substitute, args.strict)
+            config.require_dependencies(loaded.settings)
+            connection.check_tls(loaded)
+        except (ConfigError, DependencyError) as e:
+            sys.stderr.write(f"fshipper: {e}\n")
+            return e.exit_code
+        for warning in loaded.warnings:
+            sys.stderr.write(f"fshipper: warning: {warning}\n")
+        problems = checks.check_system(loaded.settings, args.config_dir, user, args.layer if args.candidate else None)
+        for problem in problems:
+            sys.stderr.write(f"fshipper: {problem.level}: {problem.text}\n")
+        errors = sum(p.level == "error" for p in problems)
+        if errors:
+            code = EX_CONFIG
+        if args.quiet:
+            continue
+        what = f"# {role}" + (f" instance {args.instance}" if args.instance else "")
+        checked = f"system checked for user {user.describe()}"
+        print(f"{what}: configuration is valid; {checked}: "
+              + (f"{errors} error(s), {len(problems) - errors} warning(s)" if problems else "no problems"))
         for line in config.describe(loaded):
             print(line)
-    return 0
+    return code
 
 
 async def _admin_connect(settings: config.Settings):
@@ -219,6 +264,18 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = sub.add_parser("check-config", help="validate the configuration and print every setting")
     check.add_argument("--role", choices=("producer", "consumer"))
+    check.add_argument("--candidate", metavar="FILE",
+                       help="check FILE in place of one layer's file (e.g. Ansible's validate: %%s)")
+    check.add_argument("--layer", choices=config.LAYERS,
+                       help="the layer --candidate replaces: fshipper.env, <role>.env or <role>-<instance>.env")
+    check.add_argument("--strict", action="store_true",
+                       help="an unknown key, or a key set twice in one file, is an error (78)")
+    check.add_argument("--no-environ", action="store_true",
+                       help="ignore the process environment (the default with --candidate)")
+    check.add_argument("--environ", action="store_true", help="with --candidate: read the environment too")
+    check.add_argument("--quiet", action="store_true", help="print problems only")
+    check.add_argument("--user", metavar="NAME",
+                       help=f"check the system for this user (default: {SERVICE_USER} if it exists, else you)")
     _common(check)
     for name, text in (("setup", "create or update the stream and the partitions' consumers"),
                        ("status", "show the stream, its consumers and local positions")):

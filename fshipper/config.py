@@ -392,13 +392,20 @@ def control_character(value: str) -> Optional[str]:
     return None
 
 
+LAYERS = ("fshipper", "role", "instance")
+
+
 def config_files(config_dir: str, role: str, instance: Optional[str]) -> List[str]:
-    names = ["fshipper.env"]
+    return list(layer_files(config_dir, role, instance).values())
+
+
+def layer_files(config_dir: str, role: str, instance: Optional[str]) -> Dict[str, str]:
+    """The env files read, by layer (see LAYERS), in the order they are read."""
     file_role = "consumer" if role == "admin" else role
-    names.append(f"{file_role}.env")
+    layers = {"fshipper": "fshipper.env", "role": f"{file_role}.env"}
     if instance:
-        names.append(f"{file_role}-{instance}.env")
-    return [os.path.join(config_dir, n) for n in names]
+        layers["instance"] = f"{file_role}-{instance}.env"
+    return {layer: os.path.join(config_dir, name) for layer, name in layers.items()}
 
 
 def _suggest(key: str) -> str:
@@ -411,7 +418,15 @@ def load(
     instance: Optional[str] = None,
     config_dir: str = DEFAULT_CONFIG_DIR,
     environ: Optional[Mapping[str, str]] = None,
+    substitute: Optional[Mapping[str, str]] = None,
+    strict: bool = False,
 ) -> Loaded:
+    """Read the layers and the environment into Settings (ConfigError if invalid).
+
+    `substitute` maps a layer's file to another read in its place (a candidate
+    that config management is about to install); `strict` makes an unknown key
+    or a key set twice in one file an error instead of a warning.
+    """
     if role not in ROLES:
         raise ValueError(role)
     if instance is not None and not re.fullmatch(r"[A-Za-z0-9_.@:-]+", instance):
@@ -419,20 +434,32 @@ def load(
     environ = os.environ if environ is None else environ
     raw: Dict[str, Tuple[str, str]] = {}  # name -> (value, source)
     warnings: List[str] = []
+    substitute = substitute or {}
+
+    def doubtful(message: str) -> None:
+        if strict:
+            raise ConfigError(f"{message} (--strict)")
+        warnings.append(message)
+
     for path in config_files(config_dir, role, instance):
+        path = substitute.get(path, path)
         if not os.path.exists(path):
             continue
+        first_line: Dict[str, int] = {}
         for number, key, value in parse_env_file(path):
             where = f"{path}:{number}"
             if key not in BY_NAME:
-                warnings.append(f"{where}: unknown setting {key}{_suggest(key)}")
+                doubtful(f"{where}: unknown setting {key}{_suggest(key)}")
                 continue
+            if key in first_line:
+                doubtful(f"{where}: {key} is set again (first on line {first_line[key]}); the last one counts")
+            first_line.setdefault(key, number)
             raw[key] = (value, where)
     for key, value in environ.items():
         if key in BY_NAME:
             raw[key] = (value, "environment")
         elif key.startswith(("SHIPPER_", "NATS_")):
-            warnings.append(f"environment: unknown setting {key}{_suggest(key)}")
+            doubtful(f"environment: unknown setting {key}{_suggest(key)}")
 
     values: Dict[str, object] = {}
     sources: Dict[str, str] = {}

@@ -117,7 +117,8 @@ def test_quotes_export_and_comments_are_read_like_systemd(confdir):
 
 
 def test_instance_file_overrides_role_file(confdir):
-    write_env(confdir / "producer-second.env", {"SHIPPER_FILE": "/var/log/second.log"})
+    # Its own HOSTNAME: two producers publishing as one host is an error (test_check_config.py).
+    write_env(confdir / "producer-second.env", {"SHIPPER_FILE": "/var/log/second.log", "HOSTNAME": "second"})
     result = run("fshipper", "check-config", "--role", "producer", "--instance", "second",
                  "--config-dir", str(confdir))
     assert result.returncode == 0, result.stderr
