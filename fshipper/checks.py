@@ -16,7 +16,6 @@ read, is an error, as no waiting fixes it.
 
 from __future__ import annotations
 
-import glob
 import grp
 import os
 import pwd
@@ -182,10 +181,7 @@ def producer_identities(config_dir: str) -> List[Tuple[str, str, Optional[str]]]
     producer.env (fshipper-producer.service) and each producer-NAME.env. Files that
     do not load are left out: they are reported when they are checked."""
     found = []
-    instances: List[Optional[str]] = [None]
-    for path in sorted(glob.glob(os.path.join(glob.escape(config_dir), "producer-*.env"))):
-        instances.append(os.path.basename(path)[len("producer-"):-len(".env")])
-    for instance in instances:
+    for instance in config.instances(config_dir, "producer"):
         try:
             settings = config.load("producer", instance, config_dir, environ={}).settings
         except ConfigError:

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import List, Optional
 
 from . import __version__, config
@@ -175,19 +176,38 @@ def _check_config(args: argparse.Namespace) -> int:
     return code
 
 
-async def _admin_connect(settings: config.Settings):
+PROGRESS_EVERY = 3.0  # seconds between "still waiting" lines while no server answers
+
+
+async def _admin_connect(settings: config.Settings, timeout: float):
+    """Connect for setup/status; a line on stderr every few seconds while no server
+    answers, so an operator sees what it waits for; None after `timeout`."""
     from . import connection
 
-    try:
-        return await asyncio.wait_for(connection.connect(settings), 15)
-    except asyncio.TimeoutError:
-        raise SystemExit(f"fshipper: no NATS server answered at {connection.servers(settings)}") from None
+    waiting = asyncio.ensure_future(connection.connect(settings))
+    started = asyncio.get_running_loop().time()
+    while True:
+        elapsed = asyncio.get_running_loop().time() - started
+        done, _ = await asyncio.wait({waiting}, timeout=min(PROGRESS_EVERY, timeout - elapsed))
+        if done:
+            return waiting.result()
+        elapsed = asyncio.get_running_loop().time() - started
+        if elapsed >= timeout:
+            waiting.cancel()
+            sys.stderr.write(f"fshipper: no NATS server answered at {connection.servers(settings)} "
+                             f"within {timeout:.0f}s\n")
+            return None
+        sys.stderr.write(f"fshipper: waiting for a NATS server at {connection.servers(settings)} "
+                         f"({elapsed:.0f}s of {timeout:.0f}s)\n")
+        sys.stderr.flush()
 
 
-async def _setup(settings: config.Settings) -> int:
+async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
     from . import connection, streams
 
-    nc = await _admin_connect(settings)
+    nc = await _admin_connect(settings, args.timeout)
+    if nc is None:
+        return 1
     try:
         for line in await streams.ensure(nc.jetstream(), settings, streams.setup_partitions(settings)):
             print(line)
@@ -196,46 +216,53 @@ async def _setup(settings: config.Settings) -> int:
     return 0
 
 
-async def _status(settings: config.Settings) -> int:
+async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Lines from the server (stream, partitions) and from this host's state
+    (producers), each with a verdict; the exit status is the worst of them."""
     from nats.js.errors import NotFoundError
 
-    from . import connection
+    from . import connection, health
 
-    nc = await _admin_connect(settings)
-    try:
-        js = nc.jetstream()
+    now = time.time()
+    lines = []
+    nc = await _admin_connect(settings, args.timeout)
+    if nc is None:
+        lines.append(health.Line("nats", connection.servers(settings), health.CRITICAL,
+                                 f"no server answered within {args.timeout:.0f}s"))
+    else:
         try:
-            info = await js.stream_info(settings.stream)
+            lines += await _server_lines(nc.jetstream(), settings, args.config_dir, now)
         except NotFoundError:
-            print(f"stream {settings.stream}: missing (run 'fshipper setup')")
-            return 1
-        s = info.state
-        print(f"stream {settings.stream}: {s.messages} messages, {s.bytes} bytes, "
-              f"sequences {s.first_seq}..{s.last_seq}, replicas {info.config.num_replicas}")
-        for c in await js.consumers_info(settings.stream):
-            print(f"consumer {c.name}: {c.num_pending} pending, {c.num_ack_pending} unacknowledged, "
-                  f"{c.num_redelivered} redelivered")
-    finally:
-        await connection.close(nc)
-    _local_status(settings.shipper_state_dir)
-    return 0
+            lines.append(health.Line("stream", settings.stream, health.CRITICAL, "missing (run 'fshipper setup')"))
+        finally:
+            await connection.close(nc)
+    lines += health.producer_lines(args.config_dir, now, args.warning, args.critical)
+    verdict = health.worst(lines)
+    if args.json:
+        print(json.dumps({"verdict": verdict, "exit": health.EXIT[verdict],
+                          "lines": [line.as_dict() for line in lines]}, indent=1, sort_keys=True))
+    else:
+        for text in health.render(lines):
+            print(text)
+    return health.EXIT[verdict]
 
 
-def _local_status(state_dir: str) -> None:
-    try:
-        names = sorted(os.listdir(state_dir))
-    except OSError:
-        return
-    for name in names:
-        if name.endswith(".position"):
-            try:
-                with open(os.path.join(state_dir, name)) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                continue
-            ref = data.get("file") or {}
-            print(f"{name[:-9]}: file {ref.get('gen', '-')} ({ref.get('name', '-')}, inode {ref.get('ino', '-')}) "
-                  f"confirmed up to byte {data.get('offset', 0)}")
+async def _server_lines(js, settings: config.Settings, config_dir: str, now: float):
+    from . import health
+
+    info = await js.stream_info(settings.stream)
+    s = info.state
+    lines = [health.Line("stream", settings.stream, health.OK,
+                         f"{s.messages} messages, {s.bytes} bytes, sequences {s.first_seq}..{s.last_seq}, "
+                         f"replicas {info.config.num_replicas}",
+                         {"messages": s.messages, "bytes": s.bytes, "first_seq": s.first_seq,
+                          "last_seq": s.last_seq})]
+    paused = health.consumer_pauses(config_dir)
+    prefix = f"{settings.stream}_p"
+    for c in sorted(await js.consumers_info(settings.stream), key=lambda c: c.name):
+        number = int(c.name[len(prefix):]) if c.name.startswith(prefix) and c.name[len(prefix):].isdigit() else None
+        lines.append(health.partition_line(c, number, paused, now))
+    return lines
 
 
 def _permissions(args: argparse.Namespace) -> int:
@@ -258,6 +285,26 @@ def _permissions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_run(run, settings: config.Settings, args: argparse.Namespace) -> int:
+    """A NATS API error (permissions, a limit, a cluster without a leader) is one
+    line naming what failed, never a traceback."""
+    import nats.errors
+    import nats.js.errors
+
+    try:
+        return asyncio.run(run(settings, args))
+    except nats.js.errors.APIError as e:
+        text = f"the server answered {e.code} (err_code {e.err_code}): {e.description}"
+    except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        text = f"{type(e).__name__}: {str(e) or 'no details'}"
+    sys.stderr.write(f"fshipper: {args.command}: {_one_line(text)}\n")
+    return 2 if args.command == "status" else 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no details"
+
+
 def admin_main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="fshipper", description="fshipper administration")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -277,9 +324,23 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     check.add_argument("--user", metavar="NAME",
                        help=f"check the system for this user (default: {SERVICE_USER} if it exists, else you)")
     _common(check)
-    for name, text in (("setup", "create or update the stream and the partitions' consumers"),
-                       ("status", "show the stream, its consumers and local positions")):
-        _common(sub.add_parser(name, help=text))
+    setup = sub.add_parser("setup", help="create or update the stream and the partitions' consumers")
+    status = sub.add_parser(
+        "status", help="lag and health of the producers on this host and of the partitions; "
+                       "exit 0 ok, 1 warning, 2 critical",
+        description="One line per producer instance (from its state on this host) and per partition "
+                    "(from the server), each with a verdict; the first line sums them up. Exit status "
+                    "as a Nagios plugin: 0 ok, 1 warning, 2 critical.")
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.add_argument("--warning", type=float, default=60.0, metavar="SECONDS",
+                        help="a producer with unconfirmed bytes or a problem this long is a warning "
+                             "(default: %(default)s)")
+    status.add_argument("--critical", type=float, default=300.0, metavar="SECONDS",
+                        help="... and critical this long (default: %(default)s)")
+    for waits in (setup, status):
+        waits.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
+                            help="how long to wait for a NATS server (default: %(default)s)")
+        _common(waits)
     perms = sub.add_parser(
         "permissions", help="print the nats-server permissions of a producer or of the consumer (JSON)",
         description="Print the nats-server `permissions` object for one producer host or for the "
@@ -307,6 +368,6 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="fshipper: %(message)s")
         logging.getLogger("nats").setLevel(logging.CRITICAL)
         run = _setup if args.command == "setup" else _status
-        sys.exit(asyncio.run(run(settings)))
+        sys.exit(_admin_run(run, settings, args))
     parser.print_help()
     sys.exit(2)

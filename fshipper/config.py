@@ -408,6 +408,19 @@ def layer_files(config_dir: str, role: str, instance: Optional[str]) -> Dict[str
     return {layer: os.path.join(config_dir, name) for layer, name in layers.items()}
 
 
+def instances(config_dir: str, role: str) -> List[Optional[str]]:
+    """The configurations of `role` in `config_dir`: None for <role>.env (the plain
+    unit) if it exists, then NAME for each <role>-NAME.env (templated units)."""
+    try:
+        names = sorted(os.listdir(config_dir))
+    except OSError:
+        return []
+    found: List[Optional[str]] = [None] if f"{role}.env" in names else []
+    prefix = f"{role}-"
+    return found + [n[len(prefix):-4] for n in names
+                    if n.startswith(prefix) and n.endswith(".env") and len(n) > len(prefix) + 4]
+
+
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""

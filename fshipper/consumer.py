@@ -24,6 +24,7 @@ from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink
+from .statusfile import StatusFile
 from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Consumer:
                          settings.shipper_fsync == "batch", settings.shipper_keep_days)
         self.ledger = Ledger(settings.shipper_state_dir, settings.name)
         self.counters = Counters()
+        self.status = StatusFile(settings.shipper_state_dir, settings.name, role="consumer",
+                                 partitions=list(settings.shipper_read_partitions))
         self._early_since: Dict[str, float] = {}
         self._refused_logged: set = set()
         self._next_expiry = 0.0
@@ -73,9 +76,11 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
+        self.status.write()
         self.ready()
         try:
-            connecting = asyncio.ensure_future(connection.connect(self.settings))
+            connecting = asyncio.ensure_future(connection.connect(
+                self.settings, on_change=lambda text: self.status.problem("nats", text)))
             if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
                 return
@@ -242,6 +247,7 @@ class Consumer:
             return await self._fail(number, e, [], [], backoff)
         if backoff.attempt:
             log.info("partition %d: writing again", number)
+            self.status.problem(paused(number), None)
             backoff.reset()
         return 0.0
 
@@ -266,6 +272,7 @@ class Consumer:
         self.ledger.rollback()
         replies, self._uncommitted = self._uncommitted + [m.reply for m in msgs], []
         delay = backoff.next_delay()
+        self.status.problem(paused(number), f"cannot write: {error}")
         log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
                   number, error, len(replies), delay)
         if self.jetstream:
@@ -326,6 +333,11 @@ class Consumer:
             self._refused_logged.add(subject)
             log.warning("refused a message on %r: the host name is not a safe directory name "
                         "(refused so far: %d)", subject, self.counters.refused)
+
+
+def paused(number: int) -> str:
+    """The status file's name for a partition's pause (see fshipper.health)."""
+    return f"paused p{number}"
 
 
 def _stored_at(msg: Msg) -> float:

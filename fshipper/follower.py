@@ -100,6 +100,7 @@ class Follower:
         self._quiet_since = time.monotonic()
         self._finishing = False
         self._waiting_logged = False
+        self.problem: Optional[str] = None  # why the file cannot be read now (for status)
         self._tail = b""  # the last bytes read: to recognise a copytruncate copy
         self._truncated: Optional[int] = None  # while reading a copy: the truncated file
         self._changed = asyncio.Event()
@@ -290,14 +291,16 @@ class Follower:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.EACCES):
                 raise
+            reason = "does not exist yet" if e.errno == errno.ENOENT else "is not readable"
+            self.problem = f"{self.path} {reason}"
             if not self._waiting_logged:
-                reason = "does not exist yet" if e.errno == errno.ENOENT else "is not readable"
                 log.warning("%s %s; waiting for it", self.path, reason)
                 self._waiting_logged = True
             if self._dir_wd < 0:
                 self._watch_directory()
             return False
         self._waiting_logged = False
+        self.problem = None
         self._take(fd, self.base)
         return True
 

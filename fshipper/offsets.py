@@ -33,6 +33,7 @@ class PositionStore:
         self._saved: Optional[Tuple[dict, int]] = None
         self._pending: Optional[Tuple[FileRef, int]] = None
         self._last_write = 0.0
+        self.confirmed_at: Optional[float] = None  # when the server last confirmed data (for status)
 
     def load(self) -> Optional[Tuple[FileRef, int]]:
         """The saved (file, offset), or None on a first start; sets `origin`."""
@@ -46,6 +47,7 @@ class PositionStore:
         try:
             data = json.loads(raw)
             self.origin = str(data["origin"])
+            self.confirmed_at = data.get("confirmed_at")
             if data.get("file") is None:
                 return None
             ref, offset = FileRef.from_dict(data["file"]), int(data["offset"])
@@ -63,6 +65,7 @@ class PositionStore:
         """Record an acknowledged position; written at most every `min_interval`
         (a crash re-sends at most that much, and the server drops the repeats)."""
         self._pending = (ref, offset)
+        self.confirmed_at = time.time()
         self.flush_due()
 
     @property
@@ -103,7 +106,7 @@ class PositionStore:
 
     def _write(self, ref: Optional[FileRef], offset: int) -> None:
         data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset,
-                "first": self.first}
+                "first": self.first, "confirmed_at": self.confirmed_at}
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode() + b"\n")
         self._saved = (ref.to_dict(), offset) if ref else None
         self._last_write = time.monotonic()

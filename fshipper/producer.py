@@ -37,6 +37,7 @@ from . import connection, wire
 from .config import Settings
 from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
+from .statusfile import StatusFile
 from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class Producer:
         self.host = settings.hostname or ""
         self.subject = wire.subject(settings.shipper_subject, self.host, settings.shipper_partitions)
         self.store = PositionStore(settings.shipper_state_dir, settings.name)
+        self.status = StatusFile(settings.shipper_state_dir, settings.name, role="producer",
+                                 file=settings.shipper_file, host=self.host, subject=self.subject)
         self.follower: Optional[Follower] = None
         self.window: Deque[Sent] = collections.deque()
         self.backoff = Backoff(first=0.5, cap=30.0)
@@ -92,13 +95,17 @@ class Producer:
         self.follower = Follower(self.settings.shipper_file, self.settings.shipper_rotate_wait, resume)
         self.follower.start(asyncio.get_running_loop())
         self.store.flush()
+        self._note_file()
+        self.status.write()
         log.info("shipping %s as %s on %s (%s mode)", self.settings.shipper_file, self.host,
                  self.subject, self.settings.shipper_mode)
         self.ready()
         # While disconnected the client buffers what is published: room for the
         # window and one re-send of it; more fails fast and is sent again later.
         window = self.settings.shipper_max_inflight * self.max_bytes
-        connecting = asyncio.ensure_future(connection.connect(self.settings, pending_bytes=2 * window + (1 << 20)))
+        connecting = asyncio.ensure_future(connection.connect(
+            self.settings, pending_bytes=2 * window + (1 << 20),
+            on_change=lambda text: self.status.problem("nats", text)))
         try:
             if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
@@ -188,8 +195,13 @@ class Producer:
         yet on disk is written once no line came for its interval (not after
         every line: that would put two fsyncs in each line's path)."""
         self.store.flush_due()
+        self._note_file()
         timeout = self.store.min_interval if self.store.pending else POLL_SECONDS
         await first(self.follower.wait(timeout), stop, None)
+
+    def _note_file(self) -> None:
+        """Tell status whether the followed file can be read (written only on a change)."""
+        self.status.problem("file", self.follower.problem)
 
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
@@ -210,6 +222,7 @@ class Producer:
         self._confirm()
         self._abandon()
         delay = self.backoff.next_delay()
+        self.status.error(f"publish not confirmed: {str(error) or type(error).__name__}")
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream answers for %s.> (not set up yet: run 'fshipper setup' or start a "
                         "consumer; or a cluster electing a leader); retry in %.1fs",
