@@ -151,6 +151,17 @@ def _readable_file(value: str) -> str:
     return path
 
 
+def _listen(value: str) -> Tuple[str, int]:
+    """host:port, or [v6-address]:port, for the metrics endpoint."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 \
+            or not re.fullmatch(r"[A-Za-z0-9_.:-]+", host):
+        raise ValueError("expected host:port, like 127.0.0.1:9465 or [::1]:9465 (port 1-65535)")
+    return host, int(port)
+
+
 def _output(value: str) -> str:
     if "\0" in value or not value.strip():
         raise ValueError("expected a file name or path pattern")
@@ -247,6 +258,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("SHIPPER_STREAM_DUPLICATE_WINDOW", (C, A), _duration, "2m", "window for de-duplication by Nats-Msg-Id"),
     Option("SHIPPER_STATE_DIR", (P, C), _absolute_path, "/var/lib/fshipper", "where positions are kept"),
     Option("SHIPPER_LOG_LEVEL", (P, C, A), _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Option("SHIPPER_METRICS_LISTEN", (P, C), _listen, None,
+           "serve Prometheus metrics at http://host:port/metrics; unset = off "
+           "(each daemon and instance needs its own port)"),
 )
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -284,6 +298,7 @@ class Settings:
     shipper_stream_duplicate_window: float
     shipper_state_dir: str
     shipper_log_level: str
+    shipper_metrics_listen: Optional[Tuple[str, int]]
 
     @property
     def stream(self) -> str:
@@ -531,6 +546,13 @@ def load(
 
 def require_dependencies(settings: Settings) -> None:
     """NATS_CREDS signs with ed25519 through PyNaCl; say which package brings it."""
+    if settings.shipper_metrics_listen:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise DependencyError(
+                "SHIPPER_METRICS_LISTEN is set but prometheus_client is missing: install "
+                "python3-prometheus-client or 'pip install prometheus-client'") from None
     if settings.nats_creds:
         try:
             import nacl.signing  # noqa: F401

@@ -66,7 +66,7 @@ def _ago(then: Optional[float], now: float) -> str:
     return f"{stamp} ({now - then:.0f}s ago)"
 
 
-def _lag_bytes(path: str, position: Dict[str, Any]) -> Optional[int]:
+def lag_bytes(path: str, position: Dict[str, Any]) -> Optional[int]:
     """Bytes in the followed file (and the rotated one the producer is finishing)
     after the confirmed position; None if the file cannot be looked at."""
     try:
@@ -108,7 +108,7 @@ def producer_line(settings: Settings, now: float, warning: float, critical: floa
         size: Optional[int] = os.stat(path).st_size
     except OSError:
         size = None
-    lag = _lag_bytes(path, position)
+    lag = lag_bytes(path, position)
     confirmed_at = position.get("confirmed_at")
     waiting_since = confirmed_at or status.get("started")
     lag_seconds = 0.0 if not lag or not waiting_since else max(0.0, now - waiting_since)

@@ -68,6 +68,14 @@ class PositionStore:
         self.confirmed_at = time.time()
         self.flush_due()
 
+    def confirmed(self) -> dict:
+        """The latest confirmed position, as the position file has (or soon will have) it."""
+        if self._pending is not None:
+            return {"file": self._pending[0].to_dict(), "offset": self._pending[1]}
+        if self._saved is not None:
+            return {"file": self._saved[0], "offset": self._saved[1]}
+        return {}
+
     @property
     def placed(self) -> bool:
         """Whether a file was ever recorded (else this is the first start's first file)."""
