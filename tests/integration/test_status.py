@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import BIN, append_numbered, clean_environ, wait_until
+from harness import BIN, append_numbered, clean_environ, tmpfs, wait_until
 
 ROOT = os.geteuid() == 0
 
@@ -90,13 +90,8 @@ def test_a_producer_that_cannot_read_its_file_is_critical(pipeline):
 def small_disk(tmp_path):
     if not ROOT:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    out = tmp_path / "out"
-    out.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)], check=True)
-    yield out
-    subprocess.run(["umount", str(out)], check=False)
-    if os.path.ismount(out):
-        subprocess.run(["umount", "-l", str(out)], check=False)
+    with tmpfs(tmp_path / "out", "1m") as out:
+        yield out
 
 
 def test_a_consumer_paused_on_a_full_disk_is_critical_until_it_writes_again(pipeline, small_disk):
