@@ -92,12 +92,16 @@ def daemon_main(role: str, argv: Optional[List[str]] = None) -> None:
         log.info("%s stopped", program)
     except daemon.DaemonError as e:
         log.error("%s", e)
+        if pidfile:
+            pidfile.release()  # before the parent returns: nothing of this run is left behind then
         readiness.fail(str(e), e.exit_code)
         if args.foreground:
             sys.stderr.write(f"{program}: {e}\n")
         code = e.exit_code
     except Exception as e:  # the last word before exiting: say what happened
         log.exception("%s failed: %s", program, e)
+        if pidfile:
+            pidfile.release()
         readiness.fail(f"{type(e).__name__}: {e}", 1)
         code = 1
     finally:
