@@ -21,7 +21,7 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import config, wire
 from .config import ConfigError, Settings
@@ -176,14 +176,16 @@ def output_directory(settings: Settings) -> str:
     return os.path.normpath(fixed if fixed.endswith("/") or fixed == directory else os.path.dirname(fixed))
 
 
-def producer_identities(config_dir: str) -> List[Tuple[str, str, Optional[str]]]:
+def producer_identities(config_dir: str, substitute: Optional[Dict[str, str]] = None
+                        ) -> List[Tuple[str, str, Optional[str]]]:
     """(subject, env file, instance) of every producer configuration in `config_dir`:
-    producer.env (fshipper-producer.service) and each producer-NAME.env. Files that
-    do not load are left out: they are reported when they are checked."""
+    producer.env (fshipper-producer.service) and each producer-NAME.env, with a
+    candidate in place of the file it replaces. Files that do not load are left
+    out: they are reported when they are checked."""
     found = []
     for instance in config.instances(config_dir, "producer"):
         try:
-            settings = config.load("producer", instance, config_dir, environ={}).settings
+            settings = config.load("producer", instance, config_dir, environ={}, substitute=substitute).settings
         except ConfigError:
             continue
         subject = wire.subject(settings.shipper_subject, settings.hostname or "", settings.shipper_partitions)
@@ -191,28 +193,32 @@ def producer_identities(config_dir: str) -> List[Tuple[str, str, Optional[str]]]
     return found
 
 
-def check_collisions(settings: Settings, config_dir: str, problems: List[Problem]) -> None:
+def check_collisions(settings: Settings, config_dir: str, problems: List[Problem],
+                     substitute: Optional[Dict[str, str]] = None) -> None:
     """Two producers publishing as one host interleave their lines in one file and
     break each other's chains: each instance needs its own HOSTNAME or subject."""
     mine = wire.subject(settings.shipper_subject, settings.hostname or "", settings.shipper_partitions)
     own_file = config.config_files(config_dir, "producer", settings.instance)[-1]
-    for subject, path, instance in producer_identities(config_dir):
+    for subject, path, instance in producer_identities(config_dir, substitute):
         if instance != settings.instance and subject == mine:
             problems.append(Problem("error", (
                 f"{own_file}: publishes as host {settings.hostname} on {subject}, as {path} does; "
                 f"set its own HOSTNAME (or SHIPPER_SUBJECT) in {own_file}")))
 
 
-def check_system(settings: Settings, config_dir: str, user: User, candidate_layer: Optional[str] = None
-                 ) -> List[Problem]:
+def check_system(settings: Settings, config_dir: str, user: User,
+                 substitute: Optional[Dict[str, str]] = None) -> List[Problem]:
+    """The problems the service user would meet; `substitute` maps a layer's file
+    to the candidate checked in its place."""
     problems: List[Problem] = []
-    if settings.instance and candidate_layer != "instance":
+    substitute = substitute or {}
+    if settings.instance:
         path = config.config_files(config_dir, settings.role, settings.instance)[-1]
-        if not os.path.exists(path):
+        if not os.path.exists(substitute.get(path, path)):
             problems.append(Problem("error", f"--instance {settings.instance}: {path} does not exist"))
     if settings.role == "producer":
         check_followed_file(settings.shipper_file or "", user, problems)
-        check_collisions(settings, config_dir, problems)
+        check_collisions(settings, config_dir, problems, substitute)
     if settings.role == "consumer":
         check_writable_directory("SHIPPER_OUTPUT" if not settings.shipper_directory else "SHIPPER_DIRECTORY",
                                  output_directory(settings), user, problems)

@@ -163,7 +163,7 @@ def _check_config(args: argparse.Namespace) -> int:
             return e.exit_code
         for warning in loaded.warnings:
             sys.stderr.write(f"fshipper: warning: {warning}\n")
-        problems = checks.check_system(loaded.settings, args.config_dir, user, args.layer if args.candidate else None)
+        problems = checks.check_system(loaded.settings, args.config_dir, user, substitute)
         for problem in problems:
             sys.stderr.write(f"fshipper: {problem.level}: {problem.text}\n")
         errors = sum(p.level == "error" for p in problems)
@@ -223,21 +223,29 @@ async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
 async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
     """Lines from the server (stream, partitions) and from this host's state
     (producers), each with a verdict; the exit status is the worst of them."""
-    from nats.js.errors import NotFoundError
+    import nats.errors
+    from nats.js.errors import APIError, NotFoundError
 
     from . import connection, health
 
     now = time.time()
     lines = []
-    nc = await _admin_connect(settings, args.timeout)
-    if nc is None:
+    nc = None if args.local else await _admin_connect(settings, args.timeout)
+    if nc is None and not args.local:
         lines.append(health.Line("nats", connection.servers(settings), health.CRITICAL,
                                  f"no server answered within {args.timeout:.0f}s"))
-    else:
+    elif nc is not None:
         try:
             lines += await _server_lines(nc.jetstream(), settings, args.config_dir, now)
         except NotFoundError:
             lines.append(health.Line("stream", settings.stream, health.CRITICAL, "missing (run 'fshipper setup')"))
+        except APIError as e:  # e.g. a producer host's user may not ask about the stream: see --local
+            lines.append(health.Line("stream", settings.stream, health.CRITICAL,
+                                     f"the server answered {e.code} (err_code {e.err_code}): {e.description}"))
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            lines.append(health.Line("stream", settings.stream, health.CRITICAL,
+                                     f"no answer about the stream ({type(e).__name__}: {e}); "
+                                     "on a producer host without the permission, use --local"))
         finally:
             await connection.close(nc)
     lines += health.producer_lines(args.config_dir, now, args.warning, args.critical)
@@ -336,6 +344,8 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
                     "(from the server), each with a verdict; the first line sums them up. Exit status "
                     "as a Nagios plugin: 0 ok, 1 warning, 2 critical.")
     status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.add_argument("--local", action="store_true",
+                        help="only the producers on this host: do not ask the server (producer hosts)")
     status.add_argument("--warning", type=float, default=60.0, metavar="SECONDS",
                         help="a producer with unconfirmed bytes or a problem this long is a warning "
                              "(default: %(default)s)")

@@ -97,9 +97,12 @@ def lag_bytes(path: str, position: Dict[str, Any]) -> Optional[int]:
 
 def producer_line(settings: Settings, now: float, warning: float, critical: float) -> Line:
     state, name = settings.shipper_state_dir, settings.name
+    unreadable = None
     try:
         with open(os.path.join(state, f"{name}.position"), "rb") as f:
             position = json.load(f)
+    except PermissionError as e:
+        position, unreadable = {}, f"cannot read its state ({e.strerror}: run status as root or as the service user)"
     except (OSError, ValueError):
         position = {}
     status = statusfile.read(state, name)
@@ -120,7 +123,9 @@ def producer_line(settings: Settings, now: float, warning: float, critical: floa
              "last_error": status.get("last_error"), "problems": problems, "running": running}
 
     verdict, why = OK, []
-    if not position and not status:
+    if unreadable:
+        verdict, why = WARNING, [unreadable]
+    elif not position and not status:
         verdict, why = WARNING, ["has never run (no position in " + state + ")"]
     elif not running:
         verdict, why = WARNING, ["not running"]

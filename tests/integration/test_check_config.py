@@ -208,6 +208,16 @@ def test_a_second_producer_publishing_as_the_same_host_is_an_error(world):
     assert check(world, "--instance", "second", "--quiet").returncode == 0
     write_env(instance, {"SHIPPER_FILE": world / "logs" / "app.log", "SHIPPER_SUBJECT": "other"})
     assert check(world, "--instance", "second", "--quiet").returncode == 0
+    # A candidate for producer.env that names the instance's host: the instance
+    # reads it too, and both would publish as web1-second.
+    candidate = world / "candidate"
+    candidate.write_text(f"SHIPPER_FILE={world}/logs/app.log\nHOSTNAME=web1-second\n")
+    write_env(instance, {"SHIPPER_FILE": world / "logs" / "app.log"})
+    result = check(world, "--candidate", str(candidate), "--layer", "role", "--quiet")
+    assert result.returncode == 78
+    assert problems(result) == [f"fshipper: error: {world}/etc/producer.env: publishes as host web1-second on "
+                                f"shipper.p0.web1-second, as {instance} does; set its own HOSTNAME (or "
+                                f"SHIPPER_SUBJECT) in {world}/etc/producer.env"]
 
 
 @pytest.mark.parametrize("args, message", [

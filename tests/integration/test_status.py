@@ -144,3 +144,14 @@ def test_a_nats_api_error_in_setup_is_one_line(pipeline):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr == ("fshipper: setup: the server answered 500 (err_code 10074): "
                              "replicas > 1 not supported in non-clustered mode\n"), result.stderr
+
+
+def test_local_shows_the_producers_without_asking_the_server(pipeline):
+    from harness import free_port
+
+    p = pipeline(NATS_URL=f"nats://127.0.0.1:{free_port()}")  # nothing answers there
+    result = admin(p.config, "status", "--local", "--json")
+    assert result.returncode == 1 and result.stderr == "", result.stderr  # never ran: a warning
+    report = json.loads(result.stdout)
+    assert [line["kind"] for line in report["lines"]] == ["producer"]
+    assert "has never run" in report["lines"][0]["text"]
