@@ -223,9 +223,6 @@ async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
 async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
     """Lines from the server (stream, partitions) and from this host's state
     (producers), each with a verdict; the exit status is the worst of them."""
-    import nats.errors
-    from nats.js.errors import APIError, NotFoundError
-
     from . import connection, health
 
     now = time.time()
@@ -236,16 +233,7 @@ async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
                                  f"no server answered within {args.timeout:.0f}s"))
     elif nc is not None:
         try:
-            lines += await _server_lines(nc.jetstream(), settings, args.config_dir, now)
-        except NotFoundError:
-            lines.append(health.Line("stream", settings.stream, health.CRITICAL, "missing (run 'fshipper setup')"))
-        except APIError as e:  # e.g. a producer host's user may not ask about the stream: see --local
-            lines.append(health.Line("stream", settings.stream, health.CRITICAL,
-                                     f"the server answered {e.code} (err_code {e.err_code}): {e.description}"))
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
-            lines.append(health.Line("stream", settings.stream, health.CRITICAL,
-                                     f"no answer about the stream ({type(e).__name__}: {e}); "
-                                     "on a producer host without the permission, use --local"))
+            lines += await health.server_lines(nc.jetstream(), settings, args.config_dir, now)
         finally:
             await connection.close(nc)
     lines += health.producer_lines(args.config_dir, now, args.warning, args.critical)
@@ -257,24 +245,6 @@ async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
         for text in health.render(lines):
             print(text)
     return health.EXIT[verdict]
-
-
-async def _server_lines(js, settings: config.Settings, config_dir: str, now: float):
-    from . import health
-
-    info = await js.stream_info(settings.stream)
-    s = info.state
-    lines = [health.Line("stream", settings.stream, health.OK,
-                         f"{s.messages} messages, {s.bytes} bytes, sequences {s.first_seq}..{s.last_seq}, "
-                         f"replicas {info.config.num_replicas}",
-                         {"messages": s.messages, "bytes": s.bytes, "first_seq": s.first_seq,
-                          "last_seq": s.last_seq})]
-    paused = health.consumer_pauses(config_dir)
-    prefix = f"{settings.stream}_p"
-    for c in sorted(await js.consumers_info(settings.stream), key=lambda c: c.name):
-        number = int(c.name[len(prefix):]) if c.name.startswith(prefix) and c.name[len(prefix):].isdigit() else None
-        lines.append(health.partition_line(c, number, paused, now))
-    return lines
 
 
 def _permissions(args: argparse.Namespace) -> int:

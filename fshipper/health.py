@@ -201,6 +201,38 @@ def partition_line(info, number: Optional[int], paused: Dict[int, Dict[str, Any]
     return Line("partition", info.name, OK, text, facts)
 
 
+async def server_lines(js, settings: Settings, config_dir: str, now: float) -> List[Line]:
+    """The stream and its partitions as the server sees them; what the server
+    refuses to say is a critical line, so the producers' lines still follow."""
+    import asyncio
+
+    import nats.errors
+    from nats.js.errors import APIError, NotFoundError
+
+    try:
+        info = await js.stream_info(settings.stream)
+        consumers = await js.consumers_info(settings.stream)
+    except NotFoundError:
+        return [Line("stream", settings.stream, CRITICAL, "missing (run 'fshipper setup')")]
+    except APIError as e:  # e.g. a producer host's user may not ask about the stream: see --local
+        return [Line("stream", settings.stream, CRITICAL,
+                     f"the server answered {e.code} (err_code {e.err_code}): {e.description}")]
+    except (nats.errors.Error, asyncio.TimeoutError) as e:
+        return [Line("stream", settings.stream, CRITICAL, f"no answer about the stream ({type(e).__name__}: {e}); "
+                                                           "on a producer host without the permission, use --local")]
+    s = info.state
+    lines = [Line("stream", settings.stream, OK,
+                  f"{s.messages} messages, {s.bytes} bytes, sequences {s.first_seq}..{s.last_seq}, "
+                  f"replicas {info.config.num_replicas}",
+                  {"messages": s.messages, "bytes": s.bytes, "first_seq": s.first_seq, "last_seq": s.last_seq})]
+    paused = consumer_pauses(config_dir)
+    prefix = f"{settings.stream}_p"
+    for c in sorted(consumers, key=lambda c: c.name):
+        suffix = c.name[len(prefix):] if c.name.startswith(prefix) else ""
+        lines.append(partition_line(c, int(suffix) if suffix.isdigit() else None, paused, now))
+    return lines
+
+
 def render(lines: List[Line]) -> List[str]:
     verdict = worst(lines)
     counts = ", ".join(f"{sum(l.verdict == v for l in lines)} {v}" for v in (CRITICAL, WARNING, OK))
