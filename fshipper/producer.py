@@ -139,6 +139,9 @@ class Producer:
     async def _ship_jetstream(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream(publish_async_max_pending=self.settings.shipper_max_inflight + 1)
         while not stop.is_set():
+            # Also while the server is away: what it confirmed before is then on
+            # disk, and status counts the lag from there.
+            self.store.flush_due()
             try:
                 await self._fill(js)
             except (nats.errors.Error, OSError) as e:

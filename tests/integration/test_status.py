@@ -155,3 +155,24 @@ def test_local_shows_the_producers_without_asking_the_server(pipeline):
     report = json.loads(result.stdout)
     assert [line["kind"] for line in report["lines"]] == ["producer"]
     assert "has never run" in report["lines"][0]["text"]
+
+
+def test_a_producer_cut_off_from_nats_longer_than_the_threshold_is_critical(pipeline, nats_server):
+    p = pipeline()
+    append_numbered(p.log, 1, 10)
+    p.consumer.start()
+    p.wait_consuming()
+    p.producer.start()
+    wait_until(lambda: len(p.output()) == p.log.stat().st_size, 20, p.logs)
+    nats_server.stop()
+    append_numbered(p.log, 11, 10)   # waits in the file: lag
+    wait_until(lambda: "disconnected" in p.producer.tail(), 20, p.logs)
+    for threshold, expected in (("600", "warning"), ("1", "critical")):
+        def judged():
+            result = admin(p.config, "status", "--local", "--json", "--warning", "0.5", "--critical", threshold)
+            line = json.loads(result.stdout)["lines"][0]
+            # lag: the 10 lines written since, once the position confirmed before is saved
+            return (result.returncode, line) if line["verdict"] == expected and line["lag_bytes"] == 150 else None
+        code, producer = wait_until(judged, 20, f"a {expected} verdict")
+        assert code == {"warning": 1, "critical": 2}[expected]
+        assert producer["problems"]["nats"]["text"].startswith("NATS: "), producer
