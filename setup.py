@@ -21,6 +21,7 @@ setup(
         "nats-py[nkeys]>=2.7",
         "python-daemon>=3.0",
         "pyinotify>=0.9.6",
+        "prometheus-client>=0.12",
         "pyasyncore>=1.0.2; python_version >= '3.12'",
     ],
     entry_points={

@@ -9,9 +9,11 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import List, Optional
 
 from . import __version__, config
+from .checks import SERVICE_USER
 from .config import EX_CONFIG, ConfigError, DependencyError
 
 log = logging.getLogger("fshipper")
@@ -90,12 +92,16 @@ def daemon_main(role: str, argv: Optional[List[str]] = None) -> None:
         log.info("%s stopped", program)
     except daemon.DaemonError as e:
         log.error("%s", e)
+        if pidfile:
+            pidfile.release()  # before the parent returns: nothing of this run is left behind then
         readiness.fail(str(e), e.exit_code)
         if args.foreground:
             sys.stderr.write(f"{program}: {e}\n")
         code = e.exit_code
     except Exception as e:  # the last word before exiting: say what happened
         log.exception("%s failed: %s", program, e)
+        if pidfile:
+            pidfile.release()
         readiness.fail(f"{type(e).__name__}: {e}", 1)
         code = 1
     finally:
@@ -115,34 +121,97 @@ def consumer_main() -> None:
 # --- fshipper (admin) -----------------------------------------------------------------
 
 def _check_config(args: argparse.Namespace) -> int:
+    """Validate the layers (one of them possibly a candidate file), then the system
+    for the service user. Problems are one line each on stderr; 78 if any is an
+    error."""
+    from . import checks, connection
+
+    if args.candidate and not args.layer:
+        sys.stderr.write("fshipper: --candidate needs --layer fshipper|role|instance\n")
+        return EX_CONFIG
+    if args.layer == "instance" and not args.instance:
+        sys.stderr.write("fshipper: --layer instance needs --instance NAME\n")
+        return EX_CONFIG
+    if args.candidate and not os.path.isfile(args.candidate):
+        sys.stderr.write(f"fshipper: --candidate {args.candidate}: no such file\n")
+        return EX_CONFIG
     roles = [args.role] if args.role else [
         r for r in ("producer", "consumer") if os.path.exists(os.path.join(args.config_dir, f"{r}.env"))]
     if not roles:
         sys.stderr.write(f"fshipper: no producer.env or consumer.env in {args.config_dir}; "
                          "name one with --role\n")
         return EX_CONFIG
+    # A candidate is checked as the service will read it: the environment of
+    # whoever runs the check (Ansible, a shell) is not the service's.
+    environ = {} if args.no_environ or (args.candidate and not args.environ) else None
+    try:
+        user = checks.resolve_user(args.user)
+    except ConfigError as e:
+        sys.stderr.write(f"fshipper: {e}\n")
+        return e.exit_code
+    code = 0
     for role in roles:
-        loaded = _load(role, args, "fshipper")
-        print(f"# {role}" + (f" instance {args.instance}" if args.instance else "")
-              + ": configuration is valid")
+        substitute = {}
+        if args.candidate:
+            substitute[config.layer_files(args.config_dir, role, args.instance)[args.layer]] = args.candidate
+        try:
+            loaded = config.load(role, args.instance, args.config_dir, environ, substitute, args.strict)
+            config.require_dependencies(loaded.settings)
+            connection.check_tls(loaded)
+        except (ConfigError, DependencyError) as e:
+            sys.stderr.write(f"fshipper: {e}\n")
+            return e.exit_code
+        for warning in loaded.warnings:
+            sys.stderr.write(f"fshipper: warning: {warning}\n")
+        problems = checks.check_system(loaded.settings, args.config_dir, user, substitute)
+        for problem in problems:
+            sys.stderr.write(f"fshipper: {problem.level}: {problem.text}\n")
+        errors = sum(p.level == "error" for p in problems)
+        if errors:
+            code = EX_CONFIG
+        if args.quiet:
+            continue
+        what = f"# {role}" + (f" instance {args.instance}" if args.instance else "")
+        checked = f"system checked for user {user.describe()}"
+        print(f"{what}: configuration is valid; {checked}: "
+              + (f"{errors} error(s), {len(problems) - errors} warning(s)" if problems else "no problems"))
         for line in config.describe(loaded):
             print(line)
-    return 0
+    return code
 
 
-async def _admin_connect(settings: config.Settings):
+PROGRESS_EVERY = 3.0  # seconds between "still waiting" lines while no server answers
+
+
+async def _admin_connect(settings: config.Settings, timeout: float):
+    """Connect for setup/status; a line on stderr every few seconds while no server
+    answers, so an operator sees what it waits for; None after `timeout`."""
     from . import connection
 
-    try:
-        return await asyncio.wait_for(connection.connect(settings), 15)
-    except asyncio.TimeoutError:
-        raise SystemExit(f"fshipper: no NATS server answered at {connection.servers(settings)}") from None
+    waiting = asyncio.ensure_future(connection.connect(settings))
+    started = asyncio.get_running_loop().time()
+    while True:
+        elapsed = asyncio.get_running_loop().time() - started
+        done, _ = await asyncio.wait({waiting}, timeout=min(PROGRESS_EVERY, timeout - elapsed))
+        if done:
+            return waiting.result()
+        elapsed = asyncio.get_running_loop().time() - started
+        if elapsed >= timeout:
+            waiting.cancel()
+            sys.stderr.write(f"fshipper: no NATS server answered at {connection.servers(settings)} "
+                             f"within {timeout:.0f}s\n")
+            return None
+        sys.stderr.write(f"fshipper: waiting for a NATS server at {connection.servers(settings)} "
+                         f"({elapsed:.0f}s of {timeout:.0f}s)\n")
+        sys.stderr.flush()
 
 
-async def _setup(settings: config.Settings) -> int:
+async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
     from . import connection, streams
 
-    nc = await _admin_connect(settings)
+    nc = await _admin_connect(settings, args.timeout)
+    if nc is None:
+        return 1
     try:
         for line in await streams.ensure(nc.jetstream(), settings, streams.setup_partitions(settings)):
             print(line)
@@ -151,46 +220,31 @@ async def _setup(settings: config.Settings) -> int:
     return 0
 
 
-async def _status(settings: config.Settings) -> int:
-    from nats.js.errors import NotFoundError
+async def _status(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Lines from the server (stream, partitions) and from this host's state
+    (producers), each with a verdict; the exit status is the worst of them."""
+    from . import connection, health
 
-    from . import connection
-
-    nc = await _admin_connect(settings)
-    try:
-        js = nc.jetstream()
+    now = time.time()
+    lines = []
+    nc = None if args.local else await _admin_connect(settings, args.timeout)
+    if nc is None and not args.local:
+        lines.append(health.Line("nats", connection.servers(settings), health.CRITICAL,
+                                 f"no server answered within {args.timeout:.0f}s"))
+    elif nc is not None:
         try:
-            info = await js.stream_info(settings.stream)
-        except NotFoundError:
-            print(f"stream {settings.stream}: missing (run 'fshipper setup')")
-            return 1
-        s = info.state
-        print(f"stream {settings.stream}: {s.messages} messages, {s.bytes} bytes, "
-              f"sequences {s.first_seq}..{s.last_seq}, replicas {info.config.num_replicas}")
-        for c in await js.consumers_info(settings.stream):
-            print(f"consumer {c.name}: {c.num_pending} pending, {c.num_ack_pending} unacknowledged, "
-                  f"{c.num_redelivered} redelivered")
-    finally:
-        await connection.close(nc)
-    _local_status(settings.shipper_state_dir)
-    return 0
-
-
-def _local_status(state_dir: str) -> None:
-    try:
-        names = sorted(os.listdir(state_dir))
-    except OSError:
-        return
-    for name in names:
-        if name.endswith(".position"):
-            try:
-                with open(os.path.join(state_dir, name)) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                continue
-            ref = data.get("file") or {}
-            print(f"{name[:-9]}: file {ref.get('gen', '-')} ({ref.get('name', '-')}, inode {ref.get('ino', '-')}) "
-                  f"confirmed up to byte {data.get('offset', 0)}")
+            lines += await health.server_lines(nc.jetstream(), settings, args.config_dir, now)
+        finally:
+            await connection.close(nc)
+    lines += health.producer_lines(args.config_dir, now, args.warning, args.critical)
+    verdict = health.worst(lines)
+    if args.json:
+        print(json.dumps({"verdict": verdict, "exit": health.EXIT[verdict],
+                          "lines": [line.as_dict() for line in lines]}, indent=1, sort_keys=True))
+    else:
+        for text in health.render(lines):
+            print(text)
+    return health.EXIT[verdict]
 
 
 def _permissions(args: argparse.Namespace) -> int:
@@ -213,16 +267,64 @@ def _permissions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_run(run, settings: config.Settings, args: argparse.Namespace) -> int:
+    """A NATS API error (permissions, a limit, a cluster without a leader) is one
+    line naming what failed, never a traceback."""
+    import nats.errors
+    import nats.js.errors
+
+    try:
+        return asyncio.run(run(settings, args))
+    except nats.js.errors.APIError as e:
+        text = f"the server answered {e.code} (err_code {e.err_code}): {e.description}"
+    except (nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        text = f"{type(e).__name__}: {str(e) or 'no details'}"
+    sys.stderr.write(f"fshipper: {args.command}: {_one_line(text)}\n")
+    return 2 if args.command == "status" else 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no details"
+
+
 def admin_main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="fshipper", description="fshipper administration")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = sub.add_parser("check-config", help="validate the configuration and print every setting")
     check.add_argument("--role", choices=("producer", "consumer"))
+    check.add_argument("--candidate", metavar="FILE",
+                       help="check FILE in place of one layer's file (e.g. Ansible's validate: %%s)")
+    check.add_argument("--layer", choices=config.LAYERS,
+                       help="the layer --candidate replaces: fshipper.env, <role>.env or <role>-<instance>.env")
+    check.add_argument("--strict", action="store_true",
+                       help="an unknown key, or a key set twice in one file, is an error (78)")
+    check.add_argument("--no-environ", action="store_true",
+                       help="ignore the process environment (the default with --candidate)")
+    check.add_argument("--environ", action="store_true", help="with --candidate: read the environment too")
+    check.add_argument("--quiet", action="store_true", help="print problems only")
+    check.add_argument("--user", metavar="NAME",
+                       help=f"check the system for this user (default: {SERVICE_USER} if it exists, else you)")
     _common(check)
-    for name, text in (("setup", "create or update the stream and the partitions' consumers"),
-                       ("status", "show the stream, its consumers and local positions")):
-        _common(sub.add_parser(name, help=text))
+    setup = sub.add_parser("setup", help="create or update the stream and the partitions' consumers")
+    status = sub.add_parser(
+        "status", help="lag and health of the producers on this host and of the partitions; "
+                       "exit 0 ok, 1 warning, 2 critical",
+        description="One line per producer instance (from its state on this host) and per partition "
+                    "(from the server), each with a verdict; the first line sums them up. Exit status "
+                    "as a Nagios plugin: 0 ok, 1 warning, 2 critical.")
+    status.add_argument("--json", action="store_true", help="print JSON for machines")
+    status.add_argument("--local", action="store_true",
+                        help="only the producers on this host: do not ask the server (producer hosts)")
+    status.add_argument("--warning", type=float, default=60.0, metavar="SECONDS",
+                        help="a producer with unconfirmed bytes or a problem this long is a warning "
+                             "(default: %(default)s)")
+    status.add_argument("--critical", type=float, default=300.0, metavar="SECONDS",
+                        help="... and critical this long (default: %(default)s)")
+    for waits in (setup, status):
+        waits.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS",
+                            help="how long to wait for a NATS server (default: %(default)s)")
+        _common(waits)
     perms = sub.add_parser(
         "permissions", help="print the nats-server permissions of a producer or of the consumer (JSON)",
         description="Print the nats-server `permissions` object for one producer host or for the "
@@ -250,6 +352,6 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
         logging.basicConfig(level=logging.WARNING, format="fshipper: %(message)s")
         logging.getLogger("nats").setLevel(logging.CRITICAL)
         run = _setup if args.command == "setup" else _status
-        sys.exit(asyncio.run(run(settings)))
+        sys.exit(_admin_run(run, settings, args))
     parser.print_help()
     sys.exit(2)

@@ -151,6 +151,17 @@ def _readable_file(value: str) -> str:
     return path
 
 
+def _listen(value: str) -> Tuple[str, int]:
+    """host:port, or [v6-address]:port, for the metrics endpoint."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 \
+            or not re.fullmatch(r"[A-Za-z0-9_.:-]+", host):
+        raise ValueError("expected host:port, like 127.0.0.1:9465 or [::1]:9465 (port 1-65535)")
+    return host, int(port)
+
+
 def _output(value: str) -> str:
     if "\0" in value or not value.strip():
         raise ValueError("expected a file name or path pattern")
@@ -247,6 +258,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("SHIPPER_STREAM_DUPLICATE_WINDOW", (C, A), _duration, "2m", "window for de-duplication by Nats-Msg-Id"),
     Option("SHIPPER_STATE_DIR", (P, C), _absolute_path, "/var/lib/fshipper", "where positions are kept"),
     Option("SHIPPER_LOG_LEVEL", (P, C, A), _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Option("SHIPPER_METRICS_LISTEN", (P, C), _listen, None,
+           "serve Prometheus metrics at http://host:port/metrics; unset = off "
+           "(each daemon and instance needs its own port)"),
 )
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -284,6 +298,7 @@ class Settings:
     shipper_stream_duplicate_window: float
     shipper_state_dir: str
     shipper_log_level: str
+    shipper_metrics_listen: Optional[Tuple[str, int]]
 
     @property
     def stream(self) -> str:
@@ -392,13 +407,33 @@ def control_character(value: str) -> Optional[str]:
     return None
 
 
+LAYERS = ("fshipper", "role", "instance")
+
+
 def config_files(config_dir: str, role: str, instance: Optional[str]) -> List[str]:
-    names = ["fshipper.env"]
+    return list(layer_files(config_dir, role, instance).values())
+
+
+def layer_files(config_dir: str, role: str, instance: Optional[str]) -> Dict[str, str]:
+    """The env files read, by layer (see LAYERS), in the order they are read."""
     file_role = "consumer" if role == "admin" else role
-    names.append(f"{file_role}.env")
+    layers = {"fshipper": "fshipper.env", "role": f"{file_role}.env"}
     if instance:
-        names.append(f"{file_role}-{instance}.env")
-    return [os.path.join(config_dir, n) for n in names]
+        layers["instance"] = f"{file_role}-{instance}.env"
+    return {layer: os.path.join(config_dir, name) for layer, name in layers.items()}
+
+
+def instances(config_dir: str, role: str) -> List[Optional[str]]:
+    """The configurations of `role` in `config_dir`: None for <role>.env (the plain
+    unit) if it exists, then NAME for each <role>-NAME.env (templated units)."""
+    try:
+        names = sorted(os.listdir(config_dir))
+    except OSError:
+        return []
+    found: List[Optional[str]] = [None] if f"{role}.env" in names else []
+    prefix = f"{role}-"
+    return found + [n[len(prefix):-4] for n in names
+                    if n.startswith(prefix) and n.endswith(".env") and len(n) > len(prefix) + 4]
 
 
 def _suggest(key: str) -> str:
@@ -411,7 +446,15 @@ def load(
     instance: Optional[str] = None,
     config_dir: str = DEFAULT_CONFIG_DIR,
     environ: Optional[Mapping[str, str]] = None,
+    substitute: Optional[Mapping[str, str]] = None,
+    strict: bool = False,
 ) -> Loaded:
+    """Read the layers and the environment into Settings (ConfigError if invalid).
+
+    `substitute` maps a layer's file to another read in its place (a candidate
+    that config management is about to install); `strict` makes an unknown key
+    or a key set twice in one file an error instead of a warning.
+    """
     if role not in ROLES:
         raise ValueError(role)
     if instance is not None and not re.fullmatch(r"[A-Za-z0-9_.@:-]+", instance):
@@ -419,20 +462,32 @@ def load(
     environ = os.environ if environ is None else environ
     raw: Dict[str, Tuple[str, str]] = {}  # name -> (value, source)
     warnings: List[str] = []
+    substitute = substitute or {}
+
+    def doubtful(message: str) -> None:
+        if strict:
+            raise ConfigError(f"{message} (--strict)")
+        warnings.append(message)
+
     for path in config_files(config_dir, role, instance):
+        path = substitute.get(path, path)
         if not os.path.exists(path):
             continue
+        first_line: Dict[str, int] = {}
         for number, key, value in parse_env_file(path):
             where = f"{path}:{number}"
             if key not in BY_NAME:
-                warnings.append(f"{where}: unknown setting {key}{_suggest(key)}")
+                doubtful(f"{where}: unknown setting {key}{_suggest(key)}")
                 continue
+            if key in first_line:
+                doubtful(f"{where}: {key} is set again (first on line {first_line[key]}); the last one counts")
+            first_line.setdefault(key, number)
             raw[key] = (value, where)
     for key, value in environ.items():
         if key in BY_NAME:
             raw[key] = (value, "environment")
         elif key.startswith(("SHIPPER_", "NATS_")):
-            warnings.append(f"environment: unknown setting {key}{_suggest(key)}")
+            doubtful(f"environment: unknown setting {key}{_suggest(key)}")
 
     values: Dict[str, object] = {}
     sources: Dict[str, str] = {}
@@ -491,6 +546,13 @@ def load(
 
 def require_dependencies(settings: Settings) -> None:
     """NATS_CREDS signs with ed25519 through PyNaCl; say which package brings it."""
+    if settings.shipper_metrics_listen:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise DependencyError(
+                "SHIPPER_METRICS_LISTEN is set but prometheus_client is missing: install "
+                "python3-prometheus-client or 'pip install prometheus-client'") from None
     if settings.nats_creds:
         try:
             import nacl.signing  # noqa: F401

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Optional
+from typing import Callable, Optional
 
 import nats
 import nats.errors
@@ -65,12 +65,14 @@ def servers(settings: Settings) -> str:
 class _Reporter:
     """Logs each kind of connection trouble once until the connection is back."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[Optional[str]], None]) -> None:
         self.reported: set = set()
         self.closing = False
+        self.on_change = on_change  # told each trouble's text, and None once connected
 
     async def error(self, e: Exception) -> None:
         kind = type(e).__name__
+        self.on_change(f"NATS: {str(e) or kind}")
         if kind not in self.reported:
             self.reported.add(kind)
             level = logging.ERROR if isinstance(e, TlsRequiredError) else logging.WARNING
@@ -79,12 +81,14 @@ class _Reporter:
     async def disconnected(self) -> None:
         if self.closing:
             return
+        self.on_change("NATS: disconnected")
         if "disconnected" not in self.reported:
             self.reported.add("disconnected")
             log.warning("NATS: disconnected; reconnecting")
 
     async def reconnected(self, nc: Client) -> None:
         self.reported.clear()
+        self.on_change(None)
         log.info("NATS: reconnected to %s", _where(nc))
 
 
@@ -118,9 +122,11 @@ def check_tls(loaded: Loaded) -> None:
                           f"{getattr(e, 'reason', None) or e}") from None
 
 
-async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> Client:
-    """Connect, retrying until a server answers; reconnect forever afterwards."""
-    reporter = _Reporter()
+async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024,
+                  on_change: Callable[[Optional[str]], None] = lambda text: None) -> Client:
+    """Connect, retrying until a server answers; reconnect forever afterwards.
+    `on_change` hears of each connection problem, and None when connected again."""
+    reporter = _Reporter(on_change)
     nc = _TlsOnlyClient() if settings.tls_required else Client()
 
     async def reconnected() -> None:
@@ -149,6 +155,7 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024) -> C
     log.info("NATS: connecting to %s", servers(settings))
     await nc.connect(**options)
     reporter.reported.clear()
+    on_change(None)
     nc._fshipper_reporter = reporter  # type: ignore[attr-defined]
     log.info("NATS: connected to %s (server %s)", _where(nc), nc.connected_server_version)
     return nc

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -24,6 +24,7 @@ from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink
+from .statusfile import StatusFile
 from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
@@ -37,23 +38,33 @@ COMMIT_MAX = 10000      # messages gathered at most (well below the consumer's m
 
 
 class Counters:
+    """What the consumer did since it started (kept across reloads); metrics read it.
+    Lines, bytes and messages count once committed: written, durable, recorded."""
+
     def __init__(self) -> None:
         self.messages = 0
         self.bytes = 0
+        self.lines = 0
         self.duplicates = 0
         self.refused = 0
         self.early = 0
         self.gaps = 0
+        self.write_errors = 0
+        self.last_commit = 0.0
 
 
 class Consumer:
-    def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None,
+                 counters: Optional[Counters] = None) -> None:
         self.settings = settings
         self.ready = ready
         self.sink = Sink(settings.shipper_output, settings.shipper_directory, settings.shipper_max_open_files,
                          settings.shipper_fsync == "batch", settings.shipper_keep_days)
         self.ledger = Ledger(settings.shipper_state_dir, settings.name)
-        self.counters = Counters()
+        self.counters = counters or Counters()
+        self._tally = [0, 0, 0]  # messages, bytes, lines written and not yet committed
+        self.status = StatusFile(settings.shipper_state_dir, settings.name, role="consumer",
+                                 partitions=list(settings.shipper_read_partitions))
         self._early_since: Dict[str, float] = {}
         self._refused_logged: set = set()
         self._next_expiry = 0.0
@@ -73,9 +84,11 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
+        self.status.write()
         self.ready()
         try:
-            connecting = asyncio.ensure_future(connection.connect(self.settings))
+            connecting = asyncio.ensure_future(connection.connect(
+                self.settings, on_change=lambda text: self.status.problem("nats", text)))
             if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
                 return
@@ -220,8 +233,8 @@ class Consumer:
         if acks and not self._uncommitted:
             self._gathered_since = time.monotonic()
         self._uncommitted += [m.reply for m in acks]
-        self.counters.bytes += written_bytes
-        self.counters.messages += len(acks)
+        self._tally[0] += len(acks)
+        self._tally[1] += written_bytes
         if self.jetstream:
             for msg, delay in early:
                 await _reply(msg.nak(delay=delay))
@@ -242,6 +255,7 @@ class Consumer:
             return await self._fail(number, e, [], [], backoff)
         if backoff.attempt:
             log.info("partition %d: writing again", number)
+            self.status.problem(paused(number), None)
             backoff.reset()
         return 0.0
 
@@ -254,6 +268,10 @@ class Consumer:
         log.debug("committed %d message(s) in %d file(s) in %.0f ms",
                   len(self._uncommitted), len(lengths), (time.monotonic() - started) * 1000)
         self.sink.confirm(lengths)
+        c = self.counters
+        c.messages, c.bytes, c.lines = c.messages + self._tally[0], c.bytes + self._tally[1], c.lines + self._tally[2]
+        self._tally = [0, 0, 0]
+        c.last_commit = time.time()
         replies, self._uncommitted = self._uncommitted, []
         if self.jetstream:
             for reply in replies:
@@ -265,7 +283,10 @@ class Consumer:
         self.sink.rollback()
         self.ledger.rollback()
         replies, self._uncommitted = self._uncommitted + [m.reply for m in msgs], []
+        self._tally = [0, 0, 0]
+        self.counters.write_errors += 1
         delay = backoff.next_delay()
+        self.status.problem(paused(number), f"cannot write: {error}")
         log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
                   number, error, len(replies), delay)
         if self.jetstream:
@@ -289,6 +310,7 @@ class Consumer:
         payload, tail = msg.data, (b"" if more else b"\n")  # written as two parts: no copy
         if pos is None:  # a plain message (e.g. the original Go producer): no identity to check
             self.sink.append(path, payload, tail)
+            self._tally[2] += payload.count(b"\n") + len(tail)
             return len(payload) + len(tail)
         verdict, skip = self.ledger.check(host, pos)
         key = f"{host} {pos.origin}"
@@ -307,6 +329,7 @@ class Consumer:
         if skip:  # the start of this range was written already
             tail = tail[max(0, skip - len(payload)):]
             payload = memoryview(payload)[skip:]
+        self._tally[2] += msg.data.count(b"\n", skip) + len(tail)
         self.sink.append(path, payload, tail)
         self.ledger.advance(host, pos)
         return len(payload) + len(tail)
@@ -320,12 +343,45 @@ class Consumer:
         return (f"producer {pos.origin}'s lines from {first} (no record of it here: expired from "
                 "the stream, or written under another state directory)")
 
+    def metrics(self) -> list:
+        """Samples for fshipper.metrics, read when scraped."""
+        return _samples(self)
+
     def _refuse(self, subject: str) -> None:
         self.counters.refused += 1
         if subject not in self._refused_logged and len(self._refused_logged) < 1000:
             self._refused_logged.add(subject)
             log.warning("refused a message on %r: the host name is not a safe directory name "
                         "(refused so far: %d)", subject, self.counters.refused)
+
+
+def _samples(consumer: "Consumer") -> list:
+    c = consumer.counters
+    paused_now = sum(1 for what in consumer.status.problems if what.startswith("paused p"))
+    return [
+        ("fshipper_consumer_lines", "counter", "lines written, made durable and acknowledged", c.lines),
+        ("fshipper_consumer_bytes", "counter", "bytes of those lines, newlines included", c.bytes),
+        ("fshipper_consumer_messages", "counter", "messages acknowledged (written or duplicate)", c.messages),
+        ("fshipper_consumer_duplicates", "counter", "messages whose lines were written already (skipped)",
+         c.duplicates),
+        ("fshipper_consumer_refusals", "counter", "messages refused: unsafe host name or bad subject", c.refused),
+        ("fshipper_consumer_early", "counter", "messages asked again as they came before their predecessor",
+         c.early),
+        ("fshipper_consumer_gaps", "counter", "predecessors that never came within SHIPPER_GAP_TIMEOUT", c.gaps),
+        ("fshipper_consumer_write_errors", "counter", "batches that could not be written (then paused)",
+         c.write_errors),
+        ("fshipper_consumer_paused_partitions", "gauge", "partitions paused as they cannot write", paused_now),
+        ("fshipper_consumer_open_files", "gauge", "output files open", consumer.sink.open_count()),
+        ("fshipper_consumer_last_commit_timestamp_seconds", "gauge",
+         "when lines were last made durable and acknowledged (Unix time; 0 never)", c.last_commit),
+        ("fshipper_consumer_nats_connected", "gauge", "1 while connected to a NATS server",
+         1 if consumer.nc is not None and consumer.nc.is_connected else 0),
+    ]
+
+
+def paused(number: int) -> str:
+    """The status file's name for a partition's pause (see fshipper.health)."""
+    return f"paused p{number}"
 
 
 def _stored_at(msg: Msg) -> float:

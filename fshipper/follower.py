@@ -59,6 +59,7 @@ class Chunk:
     end: int
     payload: memoryview  # the lines without their final newline
     more: bool
+    lines: int = 0       # lines it ends (a part of a long line ends none; its last part ends it)
 
     def position(self, origin: str, first: Optional[Tuple[int, int]] = None) -> wire.Position:
         ref = self.ref
@@ -100,6 +101,7 @@ class Follower:
         self._quiet_since = time.monotonic()
         self._finishing = False
         self._waiting_logged = False
+        self.problem: Optional[str] = None  # why the file cannot be read now (for status)
         self._tail = b""  # the last bytes read: to recognise a copytruncate copy
         self._truncated: Optional[int] = None  # while reading a copy: the truncated file
         self._changed = asyncio.Event()
@@ -290,14 +292,16 @@ class Follower:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.EACCES):
                 raise
+            reason = "does not exist yet" if e.errno == errno.ENOENT else "is not readable"
+            self.problem = f"{self.path} {reason}"
             if not self._waiting_logged:
-                reason = "does not exist yet" if e.errno == errno.ENOENT else "is not readable"
                 log.warning("%s %s; waiting for it", self.path, reason)
                 self._waiting_logged = True
             if self._dir_wd < 0:
                 self._watch_directory()
             return False
         self._waiting_logged = False
+        self.problem = None
         self._take(fd, self.base)
         return True
 
@@ -333,16 +337,19 @@ class Follower:
         view = memoryview(data)  # payloads are slices of the read: no copy
         if newline >= 0:  # whole lines; the final newline is implied by the format
             length, payload, more = newline + 1, view[:newline], False
+            lines = data.count(b"\n", 0, length)
         elif self._finishing and self.offset + len(data) >= os.fstat(self.fd).st_size:
             length, payload, more = len(data), view, False  # the last line of a finished file
+            lines = 1
         elif len(data) == max_bytes:
             # Part of a line longer than a message. One byte stays behind, so the
             # line's last part is never sent before its end is known: a file that
             # is rotated away ends its last line with a newline, part or not.
             length, payload, more = len(data) - 1, view[:-1], True
+            lines = 0
         else:
             return None  # an incomplete line: held until its newline comes
-        chunk = Chunk(ref, self.offset, self.offset + length, payload, more)
+        chunk = Chunk(ref, self.offset, self.offset + length, payload, more, lines)
         self.offset = chunk.end
         self._tail = data[max(0, length - 64):length]
         self.last = (ref.gen, chunk.end)

@@ -33,6 +33,7 @@ class PositionStore:
         self._saved: Optional[Tuple[dict, int]] = None
         self._pending: Optional[Tuple[FileRef, int]] = None
         self._last_write = 0.0
+        self.confirmed_at: Optional[float] = None  # when the server last confirmed data (for status)
 
     def load(self) -> Optional[Tuple[FileRef, int]]:
         """The saved (file, offset), or None on a first start; sets `origin`."""
@@ -46,6 +47,7 @@ class PositionStore:
         try:
             data = json.loads(raw)
             self.origin = str(data["origin"])
+            self.confirmed_at = data.get("confirmed_at")
             if data.get("file") is None:
                 return None
             ref, offset = FileRef.from_dict(data["file"]), int(data["offset"])
@@ -63,7 +65,16 @@ class PositionStore:
         """Record an acknowledged position; written at most every `min_interval`
         (a crash re-sends at most that much, and the server drops the repeats)."""
         self._pending = (ref, offset)
+        self.confirmed_at = time.time()
         self.flush_due()
+
+    def confirmed(self) -> dict:
+        """The latest confirmed position, as the position file has (or soon will have) it."""
+        if self._pending is not None:
+            return {"file": self._pending[0].to_dict(), "offset": self._pending[1]}
+        if self._saved is not None:
+            return {"file": self._saved[0], "offset": self._saved[1]}
+        return {}
 
     @property
     def placed(self) -> bool:
@@ -103,7 +114,7 @@ class PositionStore:
 
     def _write(self, ref: Optional[FileRef], offset: int) -> None:
         data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset,
-                "first": self.first}
+                "first": self.first, "confirmed_at": self.confirmed_at}
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode() + b"\n")
         self._saved = (ref.to_dict(), offset) if ref else None
         self._last_write = time.monotonic()

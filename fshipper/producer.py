@@ -37,6 +37,7 @@ from . import connection, wire
 from .config import Settings
 from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
+from .statusfile import StatusFile
 from .util import Backoff, first, sleep
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,17 @@ log = logging.getLogger(__name__)
 ACK_TIMEOUT = 10.0   # a publish not confirmed by then is sent again
 STOP_GRACE = 5.0     # how long a stop waits for in-flight confirmations
 HEADER_ROOM = 1024   # headers count against the server's max_payload
+
+
+class Counters:
+    """What the producer did since it started (kept across reloads); metrics read it."""
+
+    def __init__(self) -> None:
+        self.lines = 0       # confirmed by the server (core mode: flushed)
+        self.bytes = 0       # of those lines, newlines included: the file's bytes
+        self.messages = 0
+        self.retries = 0     # messages published again
+        self.duplicates = 0  # "duplicate" answers
 
 
 class Sent:
@@ -73,12 +85,16 @@ def _stored(future: "asyncio.Future") -> bool:
 
 
 class Producer:
-    def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None,
+                 counters: Optional[Counters] = None) -> None:
         self.settings = settings
         self.ready = ready
+        self.counters = counters or Counters()
         self.host = settings.hostname or ""
         self.subject = wire.subject(settings.shipper_subject, self.host, settings.shipper_partitions)
         self.store = PositionStore(settings.shipper_state_dir, settings.name)
+        self.status = StatusFile(settings.shipper_state_dir, settings.name, role="producer",
+                                 file=settings.shipper_file, host=self.host, subject=self.subject)
         self.follower: Optional[Follower] = None
         self.window: Deque[Sent] = collections.deque()
         self.backoff = Backoff(first=0.5, cap=30.0)
@@ -97,13 +113,17 @@ class Producer:
             # rotated file for history from before fshipper ran).
             self.store.place(self.follower.ref, self.follower.offset)
         self.store.flush()
+        self._note_file()
+        self.status.write()
         log.info("shipping %s as %s on %s (%s mode)", self.settings.shipper_file, self.host,
                  self.subject, self.settings.shipper_mode)
         self.ready()
         # While disconnected the client buffers what is published: room for the
         # window and one re-send of it; more fails fast and is sent again later.
         window = self.settings.shipper_max_inflight * self.max_bytes
-        connecting = asyncio.ensure_future(connection.connect(self.settings, pending_bytes=2 * window + (1 << 20)))
+        connecting = asyncio.ensure_future(connection.connect(
+            self.settings, pending_bytes=2 * window + (1 << 20),
+            on_change=lambda text: self.status.problem("nats", text)))
         try:
             if not await first(asyncio.shield(connecting), stop, None):
                 connecting.cancel()
@@ -124,6 +144,9 @@ class Producer:
     async def _ship_jetstream(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream(publish_async_max_pending=self.settings.shipper_max_inflight + 1)
         while not stop.is_set():
+            # Also while the server is away: what it confirmed before is then on
+            # disk, and status counts the lag from there.
+            self.store.flush_due()
             try:
                 await self._fill(js)
             except (nats.errors.Error, OSError) as e:
@@ -140,6 +163,7 @@ class Producer:
                 continue
             error = _failure(head.future)
             if error is None and not _stored(head.future):
+                self.counters.duplicates += 1
                 self._report_duplicate(head)
                 head.suffix = secrets.token_hex(8)
                 try:
@@ -193,8 +217,44 @@ class Producer:
         yet on disk is written once no line came for its interval (not after
         every line: that would put two fsyncs in each line's path)."""
         self.store.flush_due()
+        self._note_file()
         timeout = self.store.min_interval if self.store.pending else POLL_SECONDS
         await first(self.follower.wait(timeout), stop, None)
+
+    def _count(self, chunk: Chunk) -> None:
+        self.counters.lines += chunk.lines
+        self.counters.bytes += chunk.end - chunk.start
+        self.counters.messages += 1
+
+    def metrics(self) -> list:
+        """Samples for fshipper.metrics, read when scraped."""
+        from .health import lag_bytes
+
+        c, position = self.counters, self.store.confirmed()
+        lag = lag_bytes(self.settings.shipper_file or "", position)
+        return [
+            ("fshipper_producer_lines", "counter", "lines confirmed by the server", c.lines),
+            ("fshipper_producer_bytes", "counter", "bytes of those lines, newlines included", c.bytes),
+            ("fshipper_producer_messages", "counter", "messages confirmed by the server", c.messages),
+            ("fshipper_producer_publish_retries", "counter",
+             "messages published again (no confirmation in time, or a failed one)", c.retries),
+            ("fshipper_producer_duplicates", "counter",
+             "'duplicate' answers (the message is sent again under an unguessable id)", c.duplicates),
+            ("fshipper_producer_confirmed_position_bytes", "gauge",
+             "confirmed byte offset in the file being read", position.get("offset", 0)),
+            ("fshipper_producer_lag_bytes", "gauge", "bytes of the file not yet confirmed",
+             lag if lag is not None else float("nan")),
+            ("fshipper_producer_last_confirmation_timestamp_seconds", "gauge",
+             "when the server last confirmed data (Unix time; 0 never)", self.store.confirmed_at or 0),
+            ("fshipper_producer_file_readable", "gauge", "1 if the followed file can be read, else 0",
+             0 if self.follower is not None and self.follower.problem else 1),
+            ("fshipper_producer_nats_connected", "gauge", "1 while connected to a NATS server",
+             1 if self.nc is not None and self.nc.is_connected else 0),
+        ]
+
+    def _note_file(self) -> None:
+        """Tell status whether the followed file can be read (written only on a change)."""
+        self.status.problem("file", self.follower.problem)
 
     def _confirm(self) -> None:
         """Pop every confirmed message at the head; record the position reached."""
@@ -202,6 +262,7 @@ class Producer:
         while self.window and _stored(self.window[0].future):
             sent = self.window.popleft()
             confirmed = sent.chunk
+            self._count(confirmed)
             if not sent.suffix:
                 # Stored under its own id: the ids after it are new to the server
                 # too, unless someone else used them first.
@@ -215,6 +276,7 @@ class Producer:
         self._confirm()
         self._abandon()
         delay = self.backoff.next_delay()
+        self.status.error(f"publish not confirmed: {str(error) or type(error).__name__}")
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream answers for %s.> (not set up yet: run 'fshipper setup' or start a "
                         "consumer; or a cluster electing a leader); retry in %.1fs",
@@ -228,6 +290,7 @@ class Producer:
         try:
             for sent in self.window:
                 await self._publish(js, sent)
+                self.counters.retries += 1
         except (nats.errors.Error, OSError) as e:
             log.debug("re-publish failed: %s", e)
             self._abandon()
@@ -262,6 +325,7 @@ class Producer:
     async def _ship_core(self, stop: asyncio.Event) -> None:
         last: Optional[Chunk] = None   # the last chunk sent since the last flush
         unflushed = 0
+        sent: list = []                # chunks since the last flush (counted once flushed)
         while not stop.is_set():
             chunk = self.follower.read(self.max_bytes)
             if chunk is not None:
@@ -270,6 +334,7 @@ class Producer:
                 except (nats.errors.Error, OSError) as e:
                     log.warning("core publish failed (%s); lines of that message are lost", e)
                 last, unflushed = chunk, unflushed + 1
+                sent.append(chunk)
                 if unflushed < self.settings.shipper_max_inflight:
                     continue
             if last is not None:
@@ -278,6 +343,8 @@ class Producer:
                 except (nats.errors.Error, asyncio.TimeoutError) as e:
                     log.warning("flush failed: %s", e)
                 self.store.update(last.ref, last.end)
-                last, unflushed = None, 0
+                for flushed in sent:
+                    self._count(flushed)
+                last, unflushed, sent = None, 0, []
             if chunk is None:
                 await self._idle(stop)

@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 BIN = Path(sys.executable).parent
 
@@ -87,6 +88,20 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "2m") mounted on the new directory `path`: a disk
+    that fills up. Needs root; the caller skips otherwise."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def clean_environ(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:

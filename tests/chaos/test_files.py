@@ -2,13 +2,12 @@
 under load, and the consumer's output disk filling up."""
 
 import os
-import subprocess
 import time
 
 import pytest
 
 from faults import LINE_WIDTH, Rotator, Writer, clean, conclude
-from harness import append_numbered, wait_until
+from harness import append_numbered, tmpfs, wait_until
 
 
 def _kill_producer_midway(p, chaos, part: int) -> int:
@@ -114,13 +113,8 @@ def _runs(numbers):
 def small_disk(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    out = tmp_path / "out"
-    out.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(out)], check=True)
-    yield out
-    subprocess.run(["umount", str(out)], check=False)
-    if os.path.ismount(out):
-        subprocess.run(["umount", "-l", str(out)], check=False)
+    with tmpfs(tmp_path / "out", "2m") as out:
+        yield out
 
 
 def test_consumer_output_disk_fills_up_and_is_freed(pipeline, chaos, small_disk):

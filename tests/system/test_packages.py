@@ -18,7 +18,7 @@ UNITS = ("fshipper-producer.service", "fshipper-consumer.service",
          "fshipper-producer@.service", "fshipper-consumer@.service")
 PROGRAMS = ("fshipper", "fshipper-producer", "fshipper-consumer")
 # nkeys imports PyNaCl, which the distribution provides (a Recommends).
-VENDORED = ("nats", "nats.js", "daemon", "daemon.pidfile", "lockfile", "pyinotify")
+VENDORED = ("nats", "nats.js", "daemon", "daemon.pidfile", "lockfile", "pyinotify", "prometheus_client")
 
 
 def out(*cmd: str, **kwargs) -> str:
