@@ -64,3 +64,29 @@ def test_killed_before_its_first_commit_then_later_messages_come_first(pipeline,
     assert out == expected
     stopped = [line for line in p.consumer.tail().splitlines() if "stopped:" in line][-1]
     assert "0 gaps" in stopped, stopped
+
+
+def test_a_producer_whose_first_messages_expired_is_written_after_the_gap_timeout(pipeline, nats_server):
+    """The stream no longer holds the start of a producer's chain (expired before any
+    consumer wrote it): the consumer waits SHIPPER_GAP_TIMEOUT for it, then logs the
+    gap with the missing range and writes on, each later line once and in order."""
+    p = pipeline(SHIPPER_GAP_TIMEOUT="3s")
+    setup(p)
+    expected = publish(nats_server.url)
+    first_message = expected[:len(expected) // MESSAGES]
+    asyncio.run(_purge_first(nats_server.url))   # as if max_age had taken it
+    p.consumer.start()
+    wait_until(lambda: len(p.output(HOST)) >= len(expected) - len(first_message), 30, p.logs)
+    assert p.consumer.stop() == 0
+    assert p.output(HOST) == expected[len(first_message):]
+    log = p.consumer.tail(20_000)
+    assert (f"host {HOST}: producer 0123456789abcdef's lines from file 0 byte 0 (no record of it here: expired "
+            "from the stream, or written under another state directory) never came within 3s; writing on from "
+            f"0123456789abcdef 0 {len(first_message)} ") in log, log
+    assert "1 gaps" in [line for line in log.splitlines() if "stopped:" in line][-1]
+
+
+async def _purge_first(url: str) -> None:
+    nc = await nats.connect(url)
+    await nc.jetstream().delete_msg("SHIPPER", 1)
+    await nc.close()
