@@ -68,12 +68,20 @@ class Consumer:
 
     def open_state(self) -> None:
         """Load the ledger and cut every file back to what it records."""
-        self.ledger.load(lambda path: self.sink.owns(path) and os.path.lexists(path))
+        self.ledger.load(self._recorded_file)
         self.sink.restore(self.ledger.files)
         self.sink.reserve_descriptors()
         if self.settings.shipper_directory:
             os.makedirs(self.settings.shipper_directory, 0o750, exist_ok=True)
         self.bounds.recount(self.sink.hosts, self.ledger.hosts())
+
+    def _recorded_file(self, path: str) -> bool:
+        """Keep a file the ledger names? Only one this sink could have made (a
+        ledger may be older than the settings, or not ours), and that exists."""
+        if not self.sink.owns(path):
+            log.warning("%s: recorded in the ledger but not under the output directory; left alone", path)
+            return False
+        return os.path.lexists(path)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
