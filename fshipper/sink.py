@@ -313,11 +313,12 @@ class Sink:
         return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
     def unsafe(self, path: str) -> Optional[str]:
-        """Why `path` must not be written (None if it may): opened now if it exists."""
+        """Why `path` must not be written (None if it may). Only looked at: it is
+        opened for writing by `unrecorded` or `write`, which record its length."""
         if path in self._fds:
             return None
         try:
-            self._open(path, create=False)
+            os.close(self.open_beneath(path, create=False))
         except FileNotFoundError:
             return None   # made at the write, without following links either
         except UnsafePathError as e:

@@ -251,3 +251,15 @@ def test_without_a_directory_only_the_outputs_own_directory_is_used(tmp_path, ou
     sink.write()
     assert open(path, "rb").read() == b"x\n"
     assert not sink.owns(str(outside / "app.log")) and not sink.owns(str(tmp_path / "central" / "other"))
+
+
+def test_looking_at_a_path_does_not_count_as_recording_it(tmp_path):
+    """A file a crash left unrecorded (made, nothing in the ledger yet) must still be
+    reported by `unrecorded` after `unsafe` looked at it, or a restart cannot cut it."""
+    (tmp_path / "web1").mkdir()
+    (tmp_path / "web1" / "out").write_bytes(b"")
+    sink = Sink("out", str(tmp_path), 4, True, 7)
+    path = sink.path_for("web1", time.time())
+    assert sink.unsafe(path) is None
+    sink.append(path, b"x\n")
+    assert sink.unrecorded() == {path: 0}
