@@ -383,68 +383,68 @@ class Sink:
 
     def expire(self, now: float) -> List[str]:
         """Delete output files whose period ended more than SHIPPER_KEEP_DAYS ago,
-        and host directories left empty. Only regular files are deleted, found
-        without following symbolic links; returns the paths removed."""
+        and host directories left empty. Directories are walked level by level as
+        the pattern names them, opened without following links; only regular
+        files are deleted. Returns the paths removed."""
         if self.keep_days <= 0:
             return []
         limit = period_start(now) - self.keep_days * 86400
         removed: List[str] = []
+        pattern = pattern_glob(self.output)
         if self.directory is None:
-            self._expire_in(self.top or ".", limit, removed)
-            return removed
+            fixed = len(self.top) + 1 if self.top not in ("", "/") else len(self.top)
+            pattern = pattern[fixed:]
+        else:
+            pattern = "*/" + pattern   # the host directories
         try:
-            top = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            top = os.open(self.top or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            log.warning("%s: cannot look for old output: %s", self.directory, e)
+            log.warning("%s: cannot look for old output: %s", self.top, e)
             return removed
         try:
-            for host in sorted(os.listdir(top)):
-                try:
-                    host_fd = os.open(host, DIR_FLAGS, dir_fd=top)
-                except OSError:
-                    continue   # a link or a file: not a host directory of ours
-                try:
-                    self._expire_in(f"{self.directory}/{host}", limit, removed, host_fd)
-                    if not os.listdir(host_fd):
-                        os.rmdir(host, dir_fd=top)
-                        self.hosts.discard(host)
-                except OSError as e:
-                    log.warning("%s/%s: cannot remove old output: %s", self.directory, host, e)
-                finally:
-                    os.close(host_fd)
+            self._expire_in(self.top, top, pattern.split("/"), limit, removed)
         finally:
             os.close(top)
         for path in removed:
             log.info("removed %s (older than %d days)", path, self.keep_days)
         return removed
 
-    def _expire_in(self, directory: str, limit: float, removed: List[str], dir_fd: Optional[int] = None) -> None:
-        """Remove old regular files named by the pattern directly in one directory."""
+    def _expire_in(self, directory: str, dir_fd: int, levels: List[str], limit: float,
+                   removed: List[str]) -> None:
+        """Below one directory, what matches the first level of the pattern: old
+        regular files at the last level, directories (not links) to walk before."""
         prefix = "" if directory in ("", ".") else directory.rstrip("/") + "/"
-        own = dir_fd is None
-        if own:
+        for name in sorted(os.listdir(dir_fd)):
+            path = prefix + name
+            if not fnmatch.fnmatchcase(name, levels[0]):
+                continue
             try:
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as e:
-                log.warning("%s: cannot look for old output: %s", directory, e)
-                return
-        try:
-            for name in os.listdir(dir_fd):
-                path = prefix + name
-                if not self.owns(path):
+                if len(levels) > 1:
+                    self._expire_below(path, dir_fd, name, levels[1:], limit, removed)
                     continue
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if not stat.S_ISREG(st.st_mode) or st.st_mtime >= limit:
-                        continue
-                    self._cut_from_cache(path)
-                    os.unlink(name, dir_fd=dir_fd)
-                    removed.append(path)
-                except OSError as e:
-                    log.warning("%s: cannot remove old output: %s", path, e)
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime >= limit or not self.owns(path):
+                    continue
+                self._cut_from_cache(path)
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(path)
+            except OSError as e:
+                log.warning("%s: cannot remove old output: %s", path, e)
+
+    def _expire_below(self, path: str, parent_fd: int, name: str, levels: List[str], limit: float,
+                      removed: List[str]) -> None:
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except OSError:
+            return   # a link or a file: nothing of ours below it
+        try:
+            self._expire_in(path, fd, levels, limit, removed)
+            empty = not os.listdir(fd)
         finally:
-            if own:
-                os.close(dir_fd)
+            os.close(fd)
+        if empty and self.directory is not None and os.path.dirname(path) == self.directory.rstrip("/"):
+            os.rmdir(name, dir_fd=parent_fd)   # a host directory left empty no longer counts
+            self.hosts.discard(name)
 
     def _cut_from_cache(self, path: str) -> None:
         fd = self._fds.pop(path, None)

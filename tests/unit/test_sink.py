@@ -263,3 +263,22 @@ def test_looking_at_a_path_does_not_count_as_recording_it(tmp_path):
     assert sink.unsafe(path) is None
     sink.append(path, b"x\n")
     assert sink.unrecorded() == {path: 0}
+
+
+@pytest.mark.parametrize("directory", [True, False])
+def test_expiry_follows_a_pattern_with_directories(tmp_path, directory):
+    out = tmp_path / "out"
+    if directory:
+        sink, base = Sink("%Y/app.%m%d", str(out), 4, False, 7), out / "web1"
+    else:
+        sink, base = Sink(str(out / "%Y" / "app.%m%d"), None, 4, False, 7), out
+    (base / "2020").mkdir(parents=True)
+    old, recent = base / "2020" / "app.0101", base / "2020" / "app.0102"
+    other = base / "2020" / "notes.0101"
+    for p in (old, recent, other):
+        p.write_text("x\n")
+    now = time.time()
+    for p in (old, other):
+        os.utime(p, (now - 30 * 86400, now - 30 * 86400))
+    assert sink.expire(now) == [str(old)]
+    assert recent.exists() and other.exists()
