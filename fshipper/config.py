@@ -249,6 +249,8 @@ OPTIONS: Tuple[Option, ...] = (
            "batch: fsync output before each acknowledgement; off: leave it to the kernel"),
     Option("SHIPPER_FETCH_BATCH", (C,), _whole(1, 10000), "1000", "most messages one pull request brings (and at most 16 MiB)"),
     Option("SHIPPER_MAX_OPEN_FILES", (C,), _whole(1, 100000), "1024", "output files kept open (least recently used closed)"),
+    Option("SHIPPER_MAX_HOSTS", (C,), _whole(1, 1000000), "10000",
+           "hosts the consumer writes for at most; a new host beyond this is refused (an ERROR, counted)"),
     Option("SHIPPER_GAP_TIMEOUT", (C,), _duration, "5m",
            "how long to hold a host's lines that arrive ahead of a missing message before writing them anyway"),
     Option("SHIPPER_STREAM", (P, C, A), _subject, None, "stream name (default: from the subject, upper case)"),
@@ -290,6 +292,7 @@ class Settings:
     shipper_fsync: str
     shipper_fetch_batch: int
     shipper_max_open_files: int
+    shipper_max_hosts: int
     shipper_gap_timeout: float
     shipper_stream: Optional[str]
     shipper_stream_replicas: int

@@ -1,6 +1,7 @@
 """fshipper-consumer: pull each partition, write one file per host, acknowledge after.
 
-Per batch: decide for every message (write, duplicate, early, refuse), record
+Per batch: decide for every message (write, duplicate, early, refuse: see
+trust.py for what is believed of a header), record
 the length of any file not written before, write and fsync the files, record
 positions and lengths in the ledger, and only then acknowledge. A failure anywhere before the ledger is saved rolls the batch back
 and asks for redelivery after a back-off; the partition waits meanwhile, so no
@@ -19,13 +20,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 import nats.errors
 from nats.aio.msg import Msg
 
-from . import connection, failpoint, streams, wire
+from . import connection, failpoint, streams, trust, wire
 from .config import Settings
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink
 from .statusfile import StatusFile
 from .util import Backoff, first, sleep
+from .wire import safe_host
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,12 @@ class Counters:
         self.bytes = 0
         self.lines = 0
         self.duplicates = 0
-        self.refused = 0
         self.early = 0
         self.gaps = 0
         self.write_errors = 0
         self.last_commit = 0.0
+        self.cut = 0   # lines left open by a part and ended by the consumer
+        self.refusals = trust.Refusals()
 
 
 class Consumer:
@@ -62,11 +65,12 @@ class Consumer:
                          settings.shipper_fsync == "batch", settings.shipper_keep_days)
         self.ledger = Ledger(settings.shipper_state_dir, settings.name)
         self.counters = counters or Counters()
+        self.refusals = self.counters.refusals
         self._tally = [0, 0, 0]  # messages, bytes, lines written and not yet committed
         self.status = StatusFile(settings.shipper_state_dir, settings.name, role="consumer",
                                  partitions=list(settings.shipper_read_partitions))
         self._early_since: Dict[str, float] = {}
-        self._refused_logged: set = set()
+        self.bounds = trust.Bounds(settings.shipper_max_hosts, self.refusals)
         self._next_expiry = 0.0
         self._checked: Dict[int, float] = {}
         self._uncommitted: List[str] = []   # reply subjects of written messages, to acknowledge
@@ -76,11 +80,20 @@ class Consumer:
 
     def open_state(self) -> None:
         """Load the ledger and cut every file back to what it records."""
-        self.ledger.load()
+        self.ledger.load(self._recorded_file)
         self.sink.restore(self.ledger.files)
         self.sink.reserve_descriptors()
         if self.settings.shipper_directory:
-            os.makedirs(self.settings.shipper_directory, exist_ok=True)
+            os.makedirs(self.settings.shipper_directory, 0o750, exist_ok=True)
+        self.bounds.recount(self.sink.hosts, self.ledger.hosts())
+
+    def _recorded_file(self, path: str) -> bool:
+        """Keep a file the ledger names? Only one this sink could have made (a
+        ledger may be older than the settings, or not ours), and that exists."""
+        if not self.sink.owns(path):
+            log.warning("%s: recorded in the ledger but not under the output directory; left alone", path)
+            return False
+        return os.path.lexists(path)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
@@ -104,8 +117,9 @@ class Consumer:
             self.ledger.close()
             await connection.close(self.nc)
             c = self.counters
-            log.info("stopped: %d messages, %d bytes written, %d duplicates skipped, %d refused, %d gaps",
-                     c.messages, c.bytes, c.duplicates, c.refused, c.gaps)
+            log.info("stopped: %d messages, %d bytes written, %d duplicates skipped, %d refused, %d gaps, "
+                     "%d open lines ended (refused: %s)", c.messages, c.bytes, c.duplicates,
+                     self.refusals.total, c.gaps, c.cut, self.refusals.summary())
 
     async def _ensure_streams(self, js, stop: asyncio.Event) -> None:
         backoff = Backoff(first=0.5, cap=15.0)
@@ -194,7 +208,13 @@ class Consumer:
         now = time.time()
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY
-            self.sink.expire(now)
+            removed = self.sink.expire(now)
+            if removed:
+                try:
+                    self.ledger.forget_files(removed)
+                except OSError as e:  # kept: a path no file has any more is harmless
+                    log.warning("cannot record the removal of old output yet: %s", e)
+                self.bounds.recount(self.sink.hosts, self.ledger.hosts())
 
     async def _handle(self, number: int, msgs: List[Msg], backoff: Backoff, more: bool = False) -> float:
         """Decide and write one batch; returns how long the partition should pause.
@@ -301,14 +321,26 @@ class Consumer:
         """None: refuse; DUPLICATE; a float: early, ask again after that delay;
         an int: written (bytes queued for this batch)."""
         parsed = wire.parse_subject(self.settings.shipper_subject, msg.subject)
-        if parsed is None or (self.settings.shipper_directory and not wire.safe_host(parsed[1])):
-            self._refuse(msg.subject)
-            return None
+        if parsed is None or (self.settings.shipper_directory and not safe_host(parsed[1])):
+            return self._refuse(msg.subject, "the host name is not a safe directory name", "host name")
         host = parsed[1]
-        path = self.sink.path_for(host, _stored_at(msg) if self.jetstream else time.time())
-        pos, more = wire.read_headers(msg.headers)
+        try:
+            pos, more = wire.read_headers(msg.headers)
+        except wire.HeaderError as e:
+            return self._refuse(msg.subject, str(e), "header")
         payload, tail = msg.data, (b"" if more else b"\n")  # written as two parts: no copy
+        if pos is not None:
+            problem = trust.inconsistency(pos, more, len(payload))
+            if problem:
+                return self._refuse(msg.subject, f"Fshipper-Pos {pos.encode()[:120]!r}: {problem}", "header")
+        if not self.bounds.admit(msg.subject, host, pos and pos.origin, self.ledger.origins(host)):
+            return None
+        path = self.sink.path_for(host, _stored_at(msg) if self.jetstream else time.time())
+        problem = self.sink.unsafe(path)
+        if problem:
+            return self._refuse(msg.subject, problem, "unsafe path")
         if pos is None:  # a plain message (e.g. the original Go producer): no identity to check
+            self._end_open_line(host, path, None)
             self.sink.append(path, payload, tail)
             self._tally[2] += payload.count(b"\n") + len(tail)
             return len(payload) + len(tail)
@@ -319,6 +351,8 @@ class Consumer:
             return DUPLICATE
         if verdict == EARLY:
             first = self._early_since.setdefault(key, time.monotonic())
+            if pos.origin not in self.ledger.origins(host):
+                self.bounds.wait(host, pos.origin)
             if self.jetstream and time.monotonic() - first < self.settings.shipper_gap_timeout:
                 self.counters.early += 1
                 return min(0.2 * msg.metadata.num_delivered, 5.0)
@@ -326,13 +360,31 @@ class Consumer:
             log.error("host %s: %s never came within %.0fs; writing on from %s (a gap in the output)",
                       host, self._missing(host, pos), self.settings.shipper_gap_timeout, pos.encode())
         self._early_since.pop(key, None)
+        self.bounds.written(host, pos.origin)
+        self._end_open_line(host, path, pos if verdict != EARLY else None)
         if skip:  # the start of this range was written already
             tail = tail[max(0, skip - len(payload)):]
             payload = memoryview(payload)[skip:]
         self._tally[2] += msg.data.count(b"\n", skip) + len(tail)
         self.sink.append(path, payload, tail)
-        self.ledger.advance(host, pos)
+        self.ledger.advance(host, pos, more)
         return len(payload) + len(tail)
+
+    def _end_open_line(self, host: str, path: str, pos: Optional[wire.Position]) -> None:
+        """Before anything but the rest of an open line (a part written, the rest
+        to come) is written to the host's file, end that line: bytes of one
+        producer are never glued to another's, nor to a range not next to them."""
+        open_line = self.ledger.open_line(host)
+        if open_line is None:
+            return
+        origin, record = open_line
+        if pos is not None and pos.origin == origin and pos.gen == record[0] and pos.start <= record[1]:
+            return   # the rest of that line
+        self.sink.append(path, b"\n")
+        self.ledger.close_line(host, origin)
+        self.counters.cut += 1
+        log.warning("host %s: producer %s's line left open at file %d byte %d is ended here: "
+                    "another message came before the rest of it", host, origin, record[0], record[1])
 
     def _missing(self, host: str, pos: wire.Position) -> str:
         """The range a gap leaves out, for the log."""
@@ -347,12 +399,10 @@ class Consumer:
         """Samples for fshipper.metrics, read when scraped."""
         return _samples(self)
 
-    def _refuse(self, subject: str) -> None:
-        self.counters.refused += 1
-        if subject not in self._refused_logged and len(self._refused_logged) < 1000:
-            self._refused_logged.add(subject)
-            log.warning("refused a message on %r: the host name is not a safe directory name "
-                        "(refused so far: %d)", subject, self.counters.refused)
+    def _refuse(self, subject: str, reason: str, kind: str) -> None:
+        """Count and log (rate-limited) a refusal; the message is terminated, never written."""
+        self.refusals.note(subject, reason, kind)
+        return None
 
 
 def _samples(consumer: "Consumer") -> list:
@@ -364,7 +414,8 @@ def _samples(consumer: "Consumer") -> list:
         ("fshipper_consumer_messages", "counter", "messages acknowledged (written or duplicate)", c.messages),
         ("fshipper_consumer_duplicates", "counter", "messages whose lines were written already (skipped)",
          c.duplicates),
-        ("fshipper_consumer_refusals", "counter", "messages refused: unsafe host name or bad subject", c.refused),
+        ("fshipper_consumer_refusals", "counter",
+         "messages refused: unsafe host name or path, bad subject or header, a bound reached", c.refusals.total),
         ("fshipper_consumer_early", "counter", "messages asked again as they came before their predecessor",
          c.early),
         ("fshipper_consumer_gaps", "counter", "predecessors that never came within SHIPPER_GAP_TIMEOUT", c.gaps),

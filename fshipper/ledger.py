@@ -14,6 +14,12 @@ and `<name>.journal`, one JSON line per batch (what changed), fsynced. A batch
 costs what it changed, not the number of hosts ever seen; the journal is folded
 into the snapshot once it grows. Every line holds absolute values, so replaying
 the whole journal over a snapshot that already has it changes nothing.
+
+A producer's record is [gen, end, time], with a fourth element 1 while the last
+thing written of it is a part of a line (`Fshipper-Part: more`): only the rest
+of that line may follow it in the host's file. Both files are bounded: origins
+per host are capped by the consumer, output files are forgotten when expiry
+removes them, producers silent for FORGET_AFTER are forgotten.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 from .util import atomic_write
 from .wire import Position
@@ -42,16 +48,19 @@ class Ledger:
     def __init__(self, state_dir: str, name: str) -> None:
         self.path = os.path.join(state_dir, f"{name}.ledger")
         self.journal_path = os.path.join(state_dir, f"{name}.journal")
-        self.sources: Dict[str, list] = {}   # "host origin" -> [gen, end, unix time]
+        self.sources: Dict[str, list] = {}   # "host origin" -> [gen, end, unix time(, 1 if mid-line)]
         self.files: Dict[str, int] = {}      # output path -> complete length
         self._pending: Dict[str, list] = {}
         self._journal: Optional[int] = None
         self._journal_size = 0
+        self._origins: Dict[str, Set[str]] = {}   # host -> origins recorded or pending
 
     # --- loading ---------------------------------------------------------------------
 
     def load(self, existing_file: Callable[[str], bool] = os.path.exists) -> None:
-        """Read snapshot and journal; forget stale entries; start a fresh journal."""
+        """Read snapshot and journal; forget stale entries and files that are gone
+        (or that `existing_file` refuses: outside the output directory); start a
+        fresh journal."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             with open(self.path, "rb") as f:
@@ -67,6 +76,7 @@ class Ledger:
         now = time.time()
         self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
         self.files = {p: n for p, n in self.files.items() if existing_file(p)}
+        self._index()
         self._fold()
 
     def _replay(self) -> None:
@@ -82,6 +92,8 @@ class Ledger:
                 entry = json.loads(line)
                 self.sources.update(entry["s"])
                 self.files.update(entry["f"])
+                for path in entry.get("x", ()):   # forgotten (expired) files
+                    self.files.pop(path, None)
             except (ValueError, KeyError, TypeError):
                 if number == len(lines):
                     break  # torn by a crash mid-write: that batch was never acknowledged
@@ -114,8 +126,37 @@ class Ledger:
         key = f"{host} {origin}"
         return self._pending.get(key) or self.sources.get(key)
 
-    def advance(self, host: str, pos: Position) -> None:
-        self._pending[f"{host} {pos.origin}"] = [pos.gen, pos.end, int(time.time())]
+    def advance(self, host: str, pos: Position, more: bool = False) -> None:
+        record = [pos.gen, pos.end, int(time.time())]
+        self._pending[f"{host} {pos.origin}"] = record + [1] if more else record
+        self._origins.setdefault(host, set()).add(pos.origin)
+
+    def origins(self, host: str) -> Set[str]:
+        """The producers of `host` recorded (or recorded by the open batch)."""
+        return self._origins.get(host, set())
+
+    def hosts(self) -> Iterable[str]:
+        return self._origins.keys()
+
+    def open_line(self, host: str) -> Optional[Tuple[str, list]]:
+        """(origin, record) of the producer of `host` whose line was left open by
+        a part, if any: only the rest of that line may be written next."""
+        for origin in self._origins.get(host, ()):
+            record = self.last(host, origin)
+            if record is not None and len(record) > 3 and record[3]:
+                return origin, record
+        return None
+
+    def close_line(self, host: str, origin: str) -> None:
+        """The open line of `origin` was ended (with a newline) by the consumer."""
+        record = self.last(host, origin)
+        self._pending[f"{host} {origin}"] = list(record[:3])
+
+    def _index(self) -> None:
+        self._origins = {}
+        for key in self.sources:
+            host, _, origin = key.rpartition(" ")
+            self._origins.setdefault(host, set()).add(origin)
 
     # --- recording -------------------------------------------------------------------
 
@@ -161,7 +202,19 @@ class Ledger:
                 log.warning("%s: cannot fold the journal into the snapshot yet: %s", self.path, e)
 
     def rollback(self) -> None:
-        self._pending.clear()
+        if self._pending:
+            self._pending.clear()
+            self._index()
+
+    def forget_files(self, paths: Iterable[str]) -> None:
+        """Output files removed (expired): their lengths are no longer needed."""
+        gone = [p for p in paths if p in self.files]
+        if not gone:
+            return
+        self._append({"s": {}, "f": {}, "x": gone})
+        for path in gone:
+            del self.files[path]
+        self._fold_if_large()
 
     def _fold(self) -> None:
         """Write the snapshot, then empty the journal (a crash between is harmless)."""
@@ -174,7 +227,8 @@ class Ledger:
 
     def _open_journal(self) -> None:
         if self._journal is None:
-            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            self._journal = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.fchmod(self._journal, 0o600)   # state is 0600, also a journal made by an older version
             self._journal_size = os.fstat(self._journal).st_size
 
     def close(self) -> None:

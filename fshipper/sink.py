@@ -4,6 +4,13 @@ Writes are collected per file during a batch and written by `write` (writev,
 then fsync if asked). If anything fails, `rollback` cuts every file the batch
 touched back to its last committed length, so a retried batch never leaves a
 half-written line or a repeated one behind.
+
+Nothing outside the output directory (SHIPPER_DIRECTORY, or the fixed part of
+SHIPPER_OUTPUT's directory) is ever created, written, cut or deleted: files and
+host directories are opened relative to it (openat) without following symbolic
+links, a path is accepted from the ledger only if it is one this sink could
+have made, and expiry deletes regular files found without following links.
+Modes: files 0640, directories 0750 (the umask may take more away).
 """
 
 from __future__ import annotations
@@ -11,20 +18,30 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
-import glob
+import fnmatch
 import logging
 import os
 import re
 import resource
+import stat
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .util import fsync_directory
+from .wire import safe_host
 
 log = logging.getLogger(__name__)
 
 IOV_MAX = 1024
 WORKER_THREADS = 16  # files written or flushed at once
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under the output directory must not hang the open.
+FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class UnsafePathError(OSError):
+    """A path that is not ours to write: a symbolic link, not a regular file or
+    directory, or outside the output directory."""
 
 
 def period_start(timestamp: float) -> float:
@@ -53,6 +70,8 @@ class Sink:
         self._created: set = set()
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._names: Dict[Tuple[float, float], str] = {}
+        self.top = directory if directory is not None else _fixed_directory(output)
+        self.hosts: Set[str] = set()           # host directories under SHIPPER_DIRECTORY
 
     # --- naming ----------------------------------------------------------------------
 
@@ -153,7 +172,7 @@ class Sink:
             fd = self._fds.get(path)  # the loop waits meanwhile: nothing changes the cache
             own = fd is None          # evicted since it was written: by name
             if own:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                fd = self.open_beneath(path, create=False)
             try:
                 if self.fsync:
                     os.fsync(fd)
@@ -181,8 +200,14 @@ class Sink:
         self._touched.clear()
 
     def restore(self, lengths: Dict[str, int]) -> None:
-        """At start: files longer than recorded hold unacknowledged data; cut it."""
+        """At start: files longer than recorded hold unacknowledged data; cut it.
+        A path this sink cannot have made (settings changed, or a ledger written
+        by someone else) is never opened."""
+        self.load_hosts()
         for path, length in lengths.items():
+            if not self.owns(path):
+                log.warning("%s: recorded in the ledger but not under the output directory; left alone", path)
+                continue
             self._cut(path, length)
             self.lengths[path] = length
 
@@ -191,17 +216,128 @@ class Sink:
         if fd is not None:
             os.close(fd)
         try:
-            size = os.stat(path).st_size
+            fd = self.open_beneath(path, create=False)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("%s: cannot cut back to %d bytes: %s", path, length, e)
+            return
+        try:
+            size = os.fstat(fd).st_size
             if size > length:
                 log.info("%s: cutting %d unacknowledged byte(s) (length %d, recorded %d)",
                          path, size - length, size, length)
-                os.truncate(path, length)
-        except FileNotFoundError:
-            pass
+                os.ftruncate(fd, length)
         except OSError as e:
             log.warning("%s: cannot cut back to %d bytes: %s", path, length, e)
+        finally:
+            os.close(fd)
 
-    def _open(self, path: str) -> int:
+    # --- where files may be ----------------------------------------------------------
+
+    def owns(self, path: str) -> bool:
+        """Could this sink have made `path`? (Checked for every path the ledger names.)"""
+        rel = self._relative(path)
+        if rel is None:
+            return False
+        if self.directory is not None:
+            host, _, name = rel.partition("/")
+            return safe_host(host) and fnmatch.fnmatchcase(name, pattern_glob(self.output))
+        return fnmatch.fnmatchcase(path, pattern_glob(self.output))
+
+    def _relative(self, path: str) -> Optional[str]:
+        """`path` below the output directory, with no empty, '.' or '..' part; else None."""
+        prefix = "" if self.top in ("", ".") else self.top.rstrip("/") + "/"
+        if not path.startswith(prefix) or "\0" in path:
+            return None
+        rel = path[len(prefix):]
+        parts = rel.split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts):
+            return None
+        return rel
+
+    def open_beneath(self, path: str, create: bool) -> int:
+        """Open `path` for appending, each part relative to the output directory and
+        none followed if it is a symbolic link; with `create`, make what is missing
+        (directories 0750, the file 0640). Raises UnsafePathError for anything that
+        is not ours: a link, a FIFO, a path this sink cannot have made."""
+        rel = self._relative(path)
+        if rel is None or not self.owns(path):
+            raise UnsafePathError(errno.EPERM, "not a path under the output directory", path)
+        parts = rel.split("/")
+        try:   # the output directory itself is the operator's choice: a link there is followed
+            dir_fd = os.open(self.top or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.makedirs(self.top, 0o750, exist_ok=True)
+            dir_fd = os.open(self.top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for depth, part in enumerate(parts[:-1]):
+                next_fd = self._open_directory(dir_fd, part, create, path)
+                if depth == 0 and self.directory is not None:
+                    self.hosts.add(part)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            try:
+                fd = os.open(parts[-1], FILE_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                fd = os.open(parts[-1], FILE_FLAGS | os.O_CREAT | os.O_EXCL, 0o640, dir_fd=dir_fd)
+                self._created.add(path)  # its directory entry needs a flush too
+        except OSError as e:
+            if e.errno == errno.ENXIO:   # a FIFO or a device: not an output file
+                raise UnsafePathError(e.errno, "not a regular file", path) from None
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST) and not isinstance(e, UnsafePathError):
+                raise UnsafePathError(e.errno, "a symbolic link or not a directory on the way", path) from None
+            raise
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(errno.EPERM, "not a regular file", path)
+        return fd
+
+    @staticmethod
+    def _open_directory(dir_fd: int, name: str, create: bool, path: str) -> int:
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+        try:
+            os.mkdir(name, 0o750, dir_fd=dir_fd)
+        except FileExistsError:
+            pass  # made meanwhile: opened (and checked) below
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+    def unsafe(self, path: str) -> Optional[str]:
+        """Why `path` must not be written (None if it may). Only looked at: it is
+        opened for writing by `unrecorded` or `write`, which record its length."""
+        if path in self._fds:
+            return None
+        try:
+            os.close(self.open_beneath(path, create=False))
+        except FileNotFoundError:
+            return None   # made at the write, without following links either
+        except UnsafePathError as e:
+            return f"{path}: {e.strerror}"
+        except OSError:
+            return None   # a fault (permission, disk): the write reports it and retries
+        return None
+
+    def load_hosts(self) -> None:
+        """The host directories already there (each counts against SHIPPER_MAX_HOSTS)."""
+        if self.directory is None:
+            return
+        try:
+            with os.scandir(self.directory) as entries:
+                self.hosts = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+        except FileNotFoundError:
+            self.hosts = set()
+
+    def _open(self, path: str, create: bool = True) -> int:
         fd = self._fds.get(path)
         if fd is not None:
             self._fds.move_to_end(path)
@@ -209,15 +345,7 @@ class Sink:
         while len(self._fds) >= self.max_open:
             _, old = self._fds.popitem(last=False)
             os.close(old)  # committed data was fsynced (or left to the kernel) already
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            parent = os.path.dirname(path)
-            if parent:
-                os.makedirs(parent, 0o750, exist_ok=True)  # 0750 and 0640 whatever the umask
-            fd = os.open(path, flags | os.O_CREAT, 0o640)
-            self._created.add(path)  # its directory entry needs a flush too
+        fd = self.open_beneath(path, create)
         self._fds[path] = fd
         if path not in self.lengths:
             self.lengths[path] = os.fstat(fd).st_size
@@ -254,30 +382,87 @@ class Sink:
     # --- expiry ----------------------------------------------------------------------
 
     def expire(self, now: float) -> List[str]:
-        """Delete output files whose period ended more than SHIPPER_KEEP_DAYS ago."""
+        """Delete output files whose period ended more than SHIPPER_KEEP_DAYS ago,
+        and host directories left empty. Directories are walked level by level as
+        the pattern names them, opened without following links; only regular
+        files are deleted. Returns the paths removed."""
         if self.keep_days <= 0:
             return []
         limit = period_start(now) - self.keep_days * 86400
+        removed: List[str] = []
+        pattern = pattern_glob(self.output)
         if self.directory is None:
-            candidates = glob.glob(pattern_glob(self.output))
+            fixed = len(self.top) + 1 if self.top not in ("", "/") else len(self.top)
+            pattern = pattern[fixed:]
         else:
-            candidates = glob.glob(os.path.join(glob.escape(self.directory), "*", pattern_glob(self.output)))
-        removed = []
-        for path in candidates:
-            try:
-                if os.path.getmtime(path) >= limit:
-                    continue
-                self._cut_from_cache(path)
-                os.unlink(path)
-                removed.append(path)
-            except OSError as e:
-                log.warning("%s: cannot remove old output: %s", path, e)
+            pattern = "*/" + pattern   # the host directories
+        try:
+            top = os.open(self.top or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("%s: cannot look for old output: %s", self.top, e)
+            return removed
+        try:
+            self._expire_in(self.top, top, pattern.split("/"), limit, removed)
+        finally:
+            os.close(top)
         for path in removed:
             log.info("removed %s (older than %d days)", path, self.keep_days)
         return removed
+
+    def _expire_in(self, directory: str, dir_fd: int, levels: List[str], limit: float,
+                   removed: List[str]) -> None:
+        """Below one directory, what matches the first level of the pattern: old
+        regular files at the last level, directories (not links) to walk before."""
+        prefix = "" if directory in ("", ".") else directory.rstrip("/") + "/"
+        for name in sorted(os.listdir(dir_fd)):
+            path = prefix + name
+            if not fnmatch.fnmatchcase(name, levels[0]):
+                continue
+            try:
+                if len(levels) > 1:
+                    self._expire_below(path, dir_fd, name, levels[1:], limit, removed)
+                    continue
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime >= limit or not self.owns(path):
+                    continue
+                self._cut_from_cache(path)
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(path)
+            except OSError as e:
+                log.warning("%s: cannot remove old output: %s", path, e)
+
+    def _expire_below(self, path: str, parent_fd: int, name: str, levels: List[str], limit: float,
+                      removed: List[str]) -> None:
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        except OSError:
+            return   # a link or a file: nothing of ours below it
+        try:
+            self._expire_in(path, fd, levels, limit, removed)
+            empty = not os.listdir(fd)
+        finally:
+            os.close(fd)
+        if empty and self.directory is not None and os.path.dirname(path) == self.directory.rstrip("/"):
+            os.rmdir(name, dir_fd=parent_fd)   # a host directory left empty no longer counts
+            self.hosts.discard(name)
 
     def _cut_from_cache(self, path: str) -> None:
         fd = self._fds.pop(path, None)
         if fd is not None:
             os.close(fd)
         self.lengths.pop(path, None)
+
+
+def _fixed_directory(output: str) -> str:
+    """Without SHIPPER_DIRECTORY, the output directory is the part of
+    SHIPPER_OUTPUT's directory before any strftime field: nothing above it is
+    touched."""
+    directory = os.path.dirname(output)
+    if not directory:
+        return ""
+    fixed = []
+    for part in directory.split("/"):
+        if "%" in part:
+            break
+        fixed.append(part)
+    return "/".join(fixed) if fixed != [""] else "/"

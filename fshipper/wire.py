@@ -41,6 +41,15 @@ HDR_POS = "Fshipper-Pos"
 HDR_PART = "Fshipper-Part"
 PART_MORE = "more"
 
+# Bounds of what a reader believes in Fshipper-Pos: the producer makes 16 hex
+# characters of origin; numbers stay below 2**53 so they survive any JSON reader
+# of the ledger. Numbers are plain ASCII digits (int() would take "+1", " 1",
+# "1_0" or other scripts' digits).
+MAX_ORIGIN = 64
+_ORIGIN = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_ORIGIN, re.ASCII)
+MAX_NUMBER = 2 ** 53
+_NUMBER = re.compile(r"0|[1-9][0-9]{0,15}", re.ASCII)
+
 
 # A host name is subject tokens here and a directory name on the consumer:
 # ASCII labels (no look-alike letters), none starting with "-" or "." (no
@@ -130,25 +139,41 @@ class Position:
 
     @classmethod
     def decode(cls, text: str) -> Optional["Position"]:
-        parts = text.split()
-        if len(parts) not in (6, 8):
+        """The position in `text`, or None if it is not well formed: an origin of
+        at most MAX_ORIGIN letters, digits, '_' or '-'; numbers below MAX_NUMBER;
+        a non-empty range; pairs either both given or both "-"."""
+        parts = text.split(" ")
+        if len(parts) not in (6, 8) or not _ORIGIN.fullmatch(parts[0]):
             return None
         try:
-            gen, start, end = int(parts[1]), int(parts[2]), int(parts[3])
-            prev_gen = None if parts[4] == "-" else int(parts[4])
-            prev_end = None if parts[5] == "-" else int(parts[5])
-            first = None if len(parts) == 6 or parts[6] == "-" else (int(parts[6]), int(parts[7]))
+            gen, start, end = (_number(p) for p in parts[1:4])
+            prev_gen, prev_end = _pair(parts[4:6])
+            first = _pair(parts[6:8]) if len(parts) == 8 else (None, None)
         except ValueError:
             return None
-        if not (0 <= start < end) or gen < 0:
+        if not start < end:
             return None
-        return cls(parts[0], gen, start, end, prev_gen, prev_end, first)
+        first_at = None if first[0] is None else (first[0], first[1])
+        return cls(parts[0], gen, start, end, prev_gen, prev_end, first_at)
 
     def begins_chain(self) -> bool:
         """Is this the producer's very first message (nothing of `origin` before it)?"""
         if self.first is not None:
             return (self.gen, self.start) == self.first
         return self.prev_gen is None and self.start == 0  # the six-field form
+
+
+def _number(text: str) -> int:
+    if not _NUMBER.fullmatch(text) or int(text) >= MAX_NUMBER:
+        raise ValueError(text)
+    return int(text)
+
+
+def _pair(texts) -> Tuple[Optional[int], Optional[int]]:
+    """Two numbers, or "- -" for none; one of each is not well formed."""
+    if list(texts) == ["-", "-"]:
+        return None, None
+    return _number(texts[0]), _number(texts[1])
 
 
 def headers(host: str, pos: Position, more: bool) -> dict:
@@ -161,13 +186,28 @@ def headers(host: str, pos: Position, more: bool) -> dict:
     return hdrs
 
 
+class HeaderError(ValueError):
+    """A message's Fshipper headers are present but not to be believed."""
+
+
 def read_headers(hdrs: Optional[Mapping[str, str]]) -> Tuple[Optional[Position], bool]:
-    """(position, more) from a message's headers; (None, False) for a plain message."""
+    """(position, more) from a message's headers; (None, False) for a plain message
+    (no Fshipper-Pos and no Fshipper-Part, as the original Go producer sends).
+    Raises HeaderError for a Fshipper-Pos that is not well formed, an unknown
+    Fshipper-Part, or a part without a position (nothing to join it by)."""
     if not hdrs:
         return None, False
-    text = hdrs.get(HDR_POS)
-    pos = Position.decode(text) if text else None
-    return pos, hdrs.get(HDR_PART) == PART_MORE
+    text, part = hdrs.get(HDR_POS), hdrs.get(HDR_PART)
+    if part is not None and part != PART_MORE:
+        raise HeaderError(f"{HDR_PART} {part[:40]!r} is not {PART_MORE!r}")
+    if text is None:
+        if part is not None:
+            raise HeaderError(f"a part ({HDR_PART}) without {HDR_POS}")
+        return None, False
+    pos = Position.decode(text)
+    if pos is None:
+        raise HeaderError(f"{HDR_POS} {text[:80]!r} is not well formed")
+    return pos, part is not None
 
 
 def unframe(payload: bytes, more: bool) -> bytes:

@@ -113,3 +113,50 @@ def test_the_journal_is_folded_when_it_grows(tmp_path, monkeypatch):
     again = Ledger(str(tmp_path), "consumer")
     again.load(existing_file=lambda p: True)
     assert len(again.files) == 20 and all(again.check(f"h{n}", P(0, 0, 10))[0] == DUPLICATE for n in range(20))
+
+
+def test_an_open_line_is_recorded_and_survives_a_restart(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    ledger.advance("h", P(0, 0, 10), more=True)
+    assert ledger.open_line("h") == ("o1", ledger.last("h", "o1"))
+    ledger.commit({})
+    again = Ledger(str(tmp_path), "consumer")
+    again.load()
+    assert again.open_line("h")[0] == "o1"
+    again.close_line("h", "o1")
+    assert again.open_line("h") is None and again.check("h", P(0, 0, 10)) == (DUPLICATE, 0)
+    again.rollback()
+    assert again.open_line("h")[0] == "o1"
+
+
+def test_expired_files_are_forgotten_and_stay_forgotten(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    ledger.commit({"/out/h/a": 5, "/out/h/b": 6})
+    ledger.forget_files(["/out/h/a", "/out/h/never"])
+    assert ledger.files == {"/out/h/b": 6}
+    again = Ledger(str(tmp_path), "consumer")
+    again.load(existing_file=lambda p: True)
+    assert again.files == {"/out/h/b": 6}
+
+
+def test_state_files_are_0600(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    ledger.advance("h", P(0, 0, 10))
+    ledger.commit({"/out/h/a": 11})
+    ledger.close()
+    for name in ("consumer.ledger", "consumer.journal"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_the_origins_of_a_host_are_known_for_the_limit(tmp_path):
+    ledger = Ledger(str(tmp_path), "consumer")
+    ledger.load()
+    for n in range(3):
+        ledger.advance("h", P(0, 0, 10, origin=f"o{n}"))
+    ledger.commit({})
+    again = Ledger(str(tmp_path), "consumer")
+    again.load()
+    assert again.origins("h") == {"o0", "o1", "o2"} and list(again.hosts()) == ["h"]
