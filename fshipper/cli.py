@@ -122,7 +122,9 @@ def _check_config(args: argparse.Namespace) -> int:
                          "name one with --role\n")
         return EX_CONFIG
     for role in roles:
-        loaded = _load(role, args, "fshipper")
+        loaded = _load(role, args, "fshipper")  # problems (and warnings) go to stderr
+        if args.quiet:
+            continue
         print(f"# {role}" + (f" instance {args.instance}" if args.instance else "")
               + ": configuration is valid")
         for line in config.describe(loaded):
@@ -219,6 +221,8 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = sub.add_parser("check-config", help="validate the configuration and print every setting")
     check.add_argument("--role", choices=("producer", "consumer"))
+    check.add_argument("--quiet", action="store_true",
+                       help="print only problems (errors and warnings), not the settings")
     _common(check)
     for name, text in (("setup", "create or update the stream and the partitions' consumers"),
                        ("status", "show the stream, its consumers and local positions")):
