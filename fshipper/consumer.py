@@ -10,6 +10,7 @@ later line of a host is written ahead of an earlier one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from . import connection, failpoint, streams, wire
-from .config import Settings
+from .config import EX_CONFIG, Settings
+from .daemon import DaemonError
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink
@@ -68,8 +70,24 @@ class Consumer:
         self.ledger.load()
         self.sink.restore(self.ledger.files)
         self.sink.reserve_descriptors()
-        if self.settings.shipper_directory:
-            os.makedirs(self.settings.shipper_directory, exist_ok=True)
+        self._check_output_directory()
+
+    def _check_output_directory(self) -> None:
+        """Refuse to start (78, one line) where the output cannot be written at
+        all: retrying never makes a read-only directory writable."""
+        directory = self.settings.shipper_directory or os.path.dirname(self.settings.shipper_output)
+        if not directory:
+            return
+        try:
+            if self.settings.shipper_directory:
+                os.makedirs(directory, exist_ok=True)
+            if not os.path.isdir(directory) or os.access(directory, os.W_OK):
+                return
+            read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), directory)
+        except OSError as e:
+            raise DaemonError(output_problem(self.settings, directory, e), EX_CONFIG) from None
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
@@ -266,6 +284,8 @@ class Consumer:
         self.ledger.rollback()
         replies, self._uncommitted = self._uncommitted + [m.reply for m in msgs], []
         delay = backoff.next_delay()
+        if error.errno == errno.EROFS:
+            error = output_problem(self.settings, os.path.dirname(error.filename or "") or "?", error)
         log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
                   number, error, len(replies), delay)
         if self.jetstream:
@@ -326,6 +346,17 @@ class Consumer:
             self._refused_logged.add(subject)
             log.warning("refused a message on %r: the host name is not a safe directory name "
                         "(refused so far: %d)", subject, self.counters.refused)
+
+
+def output_problem(settings: Settings, directory: str, error: OSError) -> str:
+    """One line on why the output directory cannot be written, and for a
+    read-only one (the units' ProtectSystem=strict) the drop-in that allows it."""
+    if error.errno != errno.EROFS:
+        return f"output directory {directory}: cannot write there: {error.strerror or error}"
+    unit = f"fshipper-consumer@{settings.instance}" if settings.instance else "fshipper-consumer"
+    return (f"{directory}: read-only file system (the unit's ProtectSystem=strict allows writing to "
+            f"/var/log/fshipper only): run `systemctl edit {unit}`, add the lines "
+            f"`[Service]` and `ReadWritePaths={directory}`, then restart it")
 
 
 def _stored_at(msg: Msg) -> float:
