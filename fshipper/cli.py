@@ -141,13 +141,33 @@ async def _admin_connect(settings: config.Settings):
         raise SystemExit(f"fshipper: no NATS server answered at {connection.servers(settings)}") from None
 
 
-async def _setup(settings: config.Settings) -> int:
+async def _setup(settings: config.Settings, force: bool, dry_run: bool) -> int:
+    import nats.errors
+    from nats.js.errors import APIError
+
     from . import connection, streams
 
     nc = await _admin_connect(settings)
     try:
-        for line in await streams.ensure(nc.jetstream(), settings, streams.setup_partitions(settings)):
+        js, partitions = nc.jetstream(), streams.setup_partitions(settings)
+        if dry_run:
+            steps = await streams.plan(js, settings, partitions, force)
+            for step in steps:
+                print(step.line(dry=True))
+            # A conflict: the real run would refuse.
+            return EX_CONFIG if any(step.action == "conflict" for step in steps) else 0
+        for line in await streams.ensure(js, settings, partitions, force=force):
             print(line)
+    except streams.ConflictError as e:
+        for line in e.lines:
+            sys.stderr.write(f"fshipper: {line}\n")
+        return EX_CONFIG
+    except APIError as e:
+        sys.stderr.write(f"fshipper: {streams.api_error(f'stream {settings.stream}', e)}\n")
+        return 1
+    except (nats.errors.Error, asyncio.TimeoutError) as e:
+        sys.stderr.write(f"fshipper: stream {settings.stream}: {str(e) or type(e).__name__}\n")
+        return 1
     finally:
         await connection.close(nc)
     return 0
@@ -224,9 +244,16 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     check.add_argument("--quiet", action="store_true",
                        help="print only problems (errors and warnings), not the settings")
     _common(check)
-    for name, text in (("setup", "create or update the stream and the partitions' consumers"),
-                       ("status", "show the stream, its consumers and local positions")):
-        _common(sub.add_parser(name, help=text))
+    setup = sub.add_parser(
+        "setup", help="create or update the stream and the partitions' consumers",
+        description="Create or update the stream and the partitions' consumers. Only what fshipper "
+                    "created (metadata fshipper=1) is changed, and only to looser limits; anything else "
+                    "is a conflict: one line each on stderr, nothing changed, exit 78.")
+    setup.add_argument("--force", action="store_true",
+                       help="take over a conflicting stream or consumer and apply the configuration")
+    setup.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    _common(setup)
+    _common(sub.add_parser("status", help="show the stream, its consumers and local positions"))
     perms = sub.add_parser(
         "permissions", help="print the nats-server permissions of a producer or of the consumer (JSON)",
         description="Print the nats-server `permissions` object for one producer host or for the "
@@ -253,7 +280,8 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
         settings = _load("admin", args, "fshipper").settings
         logging.basicConfig(level=logging.WARNING, format="fshipper: %(message)s")
         logging.getLogger("nats").setLevel(logging.CRITICAL)
-        run = _setup if args.command == "setup" else _status
-        sys.exit(asyncio.run(run(settings)))
+        if args.command == "setup":
+            sys.exit(asyncio.run(_setup(settings, args.force, args.dry_run)))
+        sys.exit(asyncio.run(_status(settings)))
     parser.print_help()
     sys.exit(2)

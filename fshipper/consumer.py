@@ -113,11 +113,16 @@ class Consumer:
                      c.messages, c.bytes, c.duplicates, c.refused, c.gaps)
 
     async def _ensure_streams(self, js, stop: asyncio.Event) -> None:
+        """Retry while the server cannot answer (no server, no leader yet); a
+        conflict (a stream or consumer fshipper does not own, a limit that would
+        shrink) does not heal by waiting: exit 78 saying why."""
         backoff = Backoff(first=0.5, cap=15.0)
         while not stop.is_set():
             try:
                 await streams.ensure(js, self.settings, self.settings.shipper_read_partitions)
                 return
+            except streams.ConflictError as e:
+                raise DaemonError(f"{e}; see `fshipper setup --dry-run`", EX_CONFIG) from None
             except (nats.errors.Error, asyncio.TimeoutError) as e:
                 delay = backoff.next_delay()
                 log.warning("cannot set up stream %s yet (%s); retry in %.1fs",
@@ -192,7 +197,7 @@ class Consumer:
         self._checked[number] = now
         try:
             await streams.ensure(self.nc.jetstream(), self.settings, [number], quiet=True)
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (streams.ConflictError, nats.errors.Error, asyncio.TimeoutError) as e:
             log.warning("partition %d: cannot check stream %s: %s", number, self.settings.stream, e)
 
     def _housekeeping(self) -> None:

@@ -217,9 +217,16 @@ def test_setup_is_idempotent(confdir, nats_server):
         f"consumer SHIPPER_p{n}: created" for n in range(3)]
     second = run("fshipper", "setup", "--config-dir", str(confdir), env=env)
     assert second.returncode == 0 and "created" not in second.stdout and "updated" not in second.stdout, second.stdout
-    changed = run("fshipper", "setup", "--config-dir", str(confdir),
-                  env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
-    assert "stream SHIPPER: updated" in changed.stdout, changed.stdout + changed.stderr
+    # A looser limit is applied; a tighter one (messages would be dropped) only with --force.
+    looser = run("fshipper", "setup", "--config-dir", str(confdir), env={**env, "SHIPPER_STREAM_MAX_AGE": "30d"})
+    assert looser.returncode == 0 and "stream SHIPPER: updated (max_age 7d -> 30d)" in looser.stdout, looser
+    tighter = run("fshipper", "setup", "--config-dir", str(confdir), env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
+    assert tighter.returncode == 78 and tighter.stdout == "", tighter
+    assert tighter.stderr == ("fshipper: stream SHIPPER: left alone: max_age 30d -> 1d would drop or change what "
+                              "it holds; `fshipper setup --force` applies it\n"), tighter.stderr
+    forced = run("fshipper", "setup", "--force", "--config-dir", str(confdir),
+                 env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
+    assert forced.returncode == 0 and "stream SHIPPER: updated (max_age 30d -> 1d)" in forced.stdout, forced
     status = run("fshipper", "status", "--config-dir", str(confdir), env=env)
     assert status.returncode == 0 and "consumer SHIPPER_p2: 0 pending" in status.stdout, status.stdout
 
