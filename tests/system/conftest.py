@@ -8,12 +8,14 @@ import shutil
 
 import pytest
 
-from harness import NatsServer
+from harness import NatsServer, need_program
 from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key
 
 
 @pytest.fixture(scope="session")
 def packages(tmp_path_factory) -> Build:
+    for program, package in (("gpg", "gnupg"), ("rpmsign", "rpm")):
+        need_program(program, package)
     base = tmp_path_factory.mktemp("packages")
     key, public = signing_key(base)
     return build(SOURCE, base / "dist", key, public)

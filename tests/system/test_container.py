@@ -26,9 +26,11 @@ MAIN_UNITS = ("fshipper-consumer.service", "fshipper-producer.service")
 def why_not_runnable() -> str | None:
     if os.geteuid() != 0:
         return "not root"
-    for program in ("systemd-nspawn", "nsenter", "debootstrap", "zstd"):
+    for program, package in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
+                             ("debootstrap", "debootstrap"), ("zstd", "zstd")):
         if not shutil.which(program):
-            return f"{program} not installed (see packaging/ci-deps.txt)"
+            return (f"{program} is not installed: sudo apt-get install --no-install-recommends {package} "
+                    "(make test installs packaging/ci-deps.txt itself when run as root)")
     return None
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import need_program
 from pkgbuild import SOURCE
 
 UNITS = ("fshipper-producer.service", "fshipper-consumer.service",
@@ -44,7 +45,7 @@ def rpm_root(packages, tmp_path_factory) -> Path:
 
 def test_lintian_reports_nothing_unjustified(packages):
     result = subprocess.run(
-        ["lintian", "--pedantic", "--display-info", "--fail-on", "error,warning,info,pedantic",
+        [need_program("lintian", "lintian"), "--pedantic", "--display-info", "--fail-on", "error,warning,info,pedantic",
          str(packages.deb)], capture_output=True, text=True)
     tags = [line for line in result.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
     assert tags == [] and result.returncode == 0, result.stdout + result.stderr
@@ -55,7 +56,7 @@ def test_rpmlint_reports_nothing_unjustified(packages, tmp_path):
     (tmp_path / ".rpmmacros").write_text(f"%_dbpath {tmp_path}/rpmdb\n")
     env = dict(os.environ, HOME=str(tmp_path))
     out("rpm", "--import", str(packages.rpm_public_key), env=env)
-    report = out("rpmlint", "-c", str(SOURCE / "packaging/rpmlint.toml"), str(packages.rpm), env=env)
+    report = out(need_program("rpmlint", "rpmlint"), "-c", str(SOURCE / "packaging/rpmlint.toml"), str(packages.rpm), env=env)
     assert re.search(r"\b0 errors, 0 warnings\b", report), report
     assert "signatures OK" in out("rpm", "-K", str(packages.rpm), env=env)
 
