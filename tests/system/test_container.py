@@ -56,7 +56,7 @@ def in_order():
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory, packages, newer_packages):
+def box(tmp_path_factory, packages, newer_packages, nats_url):  # nats_url: the server outlives the container
     work = tmp_path_factory.mktemp("container")
     pkgdir = work / "pkg"
     pkgdir.mkdir()
