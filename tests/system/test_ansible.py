@@ -63,12 +63,15 @@ def box(tmp_path_factory, packages, nats_url):  # nats_url: the server outlives 
     started = time.monotonic()
     container = Container(work, share, f"fshipper-ansible-{os.getpid()}")
     with container:
+        booted = time.monotonic()
         container.run(["apt-get", "update", "-q"], timeout=300)
         container.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "python3-venv", "python3-apt"],
                       timeout=600)
         container.run(["python3", "-m", "venv", "/opt/ansible"])
         container.run(["/opt/ansible/bin/pip", "install", "--quiet", "--no-index", "--find-links", "/mnt/pkg/wheels",
                        "-r", "/mnt/pkg/ansible/requirements.txt"], timeout=300)
+        SUMMARY.append(f"ansible test: booted in {booted - started:.0f} s, ansible-core installed in "
+                       f"{time.monotonic() - booted:.0f} s")
         container.sh(f"install -m 0640 -o root -g adm /dev/null {LOG}; install -d /var/log/app; "
                      f"install -m 0640 -o root -g adm /dev/null {APP_LOG}")
         try:
@@ -94,11 +97,12 @@ def playbook(box: Container, nats_url: str, packages, **override) -> tuple[subpr
         **override,
     }
     box.path("/root/vars.json").write_text(json.dumps(variables))
+    began = time.monotonic()
     result = box.run(["/opt/ansible/bin/ansible-playbook", "-i", "localhost,", "-c", "local",
                       "-e", "@/root/vars.json", "/mnt/pkg/ansible/site.yml"], check=False, timeout=600)
     found = RECAP.search(result.stdout)
     assert found, f"no PLAY RECAP (exit {result.returncode})\n{result.stdout[-5000:]}\n{result.stderr[-3000:]}"
-    Run.recaps.append(found.group(0).strip())
+    Run.recaps.append(f"{found.group(0).strip()}  ({time.monotonic() - began:.0f} s)")
     return result, tuple(int(n) for n in found.groups())
 
 
