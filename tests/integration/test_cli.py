@@ -305,3 +305,18 @@ def test_an_os_host_name_the_consumer_would_refuse_is_not_used_by_default(confdi
                     "--config-dir", str(confdir))
     assert good.returncode == 0, good.stderr
     assert "HOSTNAME=web1.example.net  # the OS host name" in good.stdout
+
+
+def test_check_config_quiet_prints_only_problems(confdir):
+    """What the units' ExecStartPre runs: nothing in the journal at a valid start."""
+    quiet = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    with open(confdir / "producer.env", "a") as env:
+        env.write("SHIPPER_BATCH_BYTE=1M\n")
+    warned = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert warned.returncode == 0 and warned.stdout == "" and "SHIPPER_BATCH_BYTES" in warned.stderr, warned
+    with open(confdir / "producer.env", "a") as env:
+        env.write("SHIPPER_PARTITIONS=many\n")
+    broken = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert broken.returncode == 78 and broken.stdout == "", broken
+    assert len(broken.stderr.splitlines()) == 1 and "SHIPPER_PARTITIONS" in broken.stderr, broken.stderr
