@@ -13,11 +13,13 @@ policy, a shrinking limit), is a conflict: one line, nothing changed, unless
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
+import nats.errors
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
@@ -216,21 +218,27 @@ async def _consumer_config(js: JetStreamContext, stream: str, name: str) -> Opti
 
 
 async def _overlapping(js: JetStreamContext, subjects: List[str], name: str) -> Optional[str]:
+    """Another stream capturing these subjects, if the account lets us ask
+    (STREAM.NAMES is not among the consumer's permissions: then None)."""
     for subject in subjects:
         try:
             other = await js.find_stream_name_by_subject(subject)
         except NotFoundError:
             continue
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return None
         if other != name:
             return other
     return None
 
 
 async def plan(js: JetStreamContext, settings: Settings, partitions: Iterable[int],
-               force: bool = False) -> List[Step]:
+               force: bool = False, find_overlap: bool = True) -> List[Step]:
+    """What ensure would do. `find_overlap`: ask up front whether another stream
+    captures the subjects (ensure asks only once the server refused to create)."""
     wanted = stream_config(settings)
     current = await _stream_config(js, settings.stream)
-    overlapping = None if current else await _overlapping(js, wanted.subjects, settings.stream)
+    overlapping = await _overlapping(js, wanted.subjects, settings.stream) if not current and find_overlap else None
     steps = [plan_stream(current, wanted, force, overlapping)]
     for number in partitions:
         config = consumer_config(settings, number)
@@ -250,7 +258,7 @@ async def ensure(js: JetStreamContext, settings: Settings, partitions: Iterable[
     """Create or update the stream and the partitions' consumers; returns what it
     did (logged; with `quiet`, only what changed). A conflict raises
     ConflictError before anything is changed."""
-    steps = await plan(js, settings, list(partitions), force)
+    steps = await plan(js, settings, list(partitions), force, find_overlap=False)
     conflicts = [step.line() for step in steps if step.action == "conflict"]
     if conflicts:
         raise ConflictError(conflicts)
@@ -261,8 +269,11 @@ async def ensure(js: JetStreamContext, settings: Settings, partitions: Iterable[
                 await (js.add_stream if step.action == "created" else js.update_stream)(step.apply)
             elif step.action in ("created", "updated"):
                 await js.add_consumer(settings.stream, step.apply)  # create or update
-        except BadRequestError as e:  # e.g. subjects overlapping a stream made meanwhile
-            raise ConflictError([api_error(step.what, e)]) from None
+        except BadRequestError as e:
+            other = await _overlapping(js, step.apply.subjects, settings.stream) \
+                if step.action == "created" and step.what.startswith("stream") else None
+            line = plan_stream(None, step.apply, force, other).line() if other else api_error(step.what, e)
+            raise ConflictError([line]) from None
         done.append(step.line())
     for line in done:
         if not (quiet and line.endswith("unchanged")):
