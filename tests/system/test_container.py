@@ -128,6 +128,13 @@ def hostname(box: Container) -> str:
     return box.run(["hostname"]).stdout.strip()
 
 
+def failed_state(box: Container, unit: str, *properties: str) -> dict | None:
+    """The unit's ActiveState, NRestarts and `properties` once it is failed, else None."""
+    flags = [arg for name in ("ActiveState", "NRestarts", *properties) for arg in ("-p", name)]
+    state = dict(line.split("=", 1) for line in box.run(["systemctl", "show", *flags, unit]).stdout.split())
+    return state if state["ActiveState"] == "failed" else None
+
+
 def exists(box: Container, path: str) -> bool:
     """Checked inside: /run is the container's own tmpfs."""
     return box.run(["test", "-e", path], check=False).returncode == 0
@@ -274,14 +281,9 @@ def test_broken_env_file_fails_the_start_with_the_reason_in_the_journal(box):
     assert active(box, unit) != "active"
     journal = box.run(["journalctl", "--no-pager", "-u", unit]).stdout
     assert "SHIPPER_PARTITIONS" in journal and "many" in journal, journal
-    # Retried a bounded number of times, then left failed (StartLimitBurst).
-    def settled():
-        state = dict(line.split("=", 1) for line in box.run(
-            ["systemctl", "show", "-p", "ActiveState", "-p", "Result", "-p", "NRestarts", unit]
-        ).stdout.split())
-        return state if state["ActiveState"] == "failed" else None
-
-    state = wait_for(settled, 60, f"{unit} to stop retrying", interval=1)
+    # Retried a bounded number of times, then left failed (StartLimitBurst):
+    # RestartPreventExitStatus= does not cover ExecStartPre.
+    state = wait_for(lambda: failed_state(box, unit, "Result"), 60, f"{unit} to stop retrying", interval=1)
     print(f"broken configuration: {state}")
     assert int(state["NRestarts"]) <= 3, state
     box.run(["systemctl", "reset-failed", unit])
@@ -315,6 +317,38 @@ def test_output_outside_var_log_fails_once_naming_the_drop_in(box):
     assert active(box, unit) == "active"
     box.run(["systemctl", "stop", unit])
     box.path("/etc/fshipper/consumer-elsewhere.env").unlink()
+
+
+def test_consumer_meeting_a_foreign_stream_fails_once(box, nats_url):
+    """An operator's stream of the name the consumer would use: the daemon,
+    already started, says why and exits 78; RestartPreventExitStatus=78 keeps
+    systemd from restarting it."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    async def foreign_stream():
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().add_stream(api.StreamConfig(name="OPERATORS", subjects=["operators.>"]))
+        finally:
+            await nc.close()
+
+    asyncio.run(foreign_stream())
+    unit = "fshipper-consumer@foreign.service"
+    write(box, "/etc/fshipper/consumer-foreign.env", "SHIPPER_SUBJECT=operators\nSHIPPER_STREAM=OPERATORS\n")
+    box.run(["systemctl", "start", unit], check=False, timeout=60)
+    state = wait_for(lambda: failed_state(box, unit, "ExecMainStatus"), 60, f"{unit} to fail", interval=0.5)
+    time.sleep(6)  # longer than RestartSec=5s: a restart would show now
+    state = failed_state(box, unit, "ExecMainStatus") or state
+    print(f"consumer meeting a foreign stream: {state}")
+    assert state["ExecMainStatus"] == "78" and state["NRestarts"] == "0", state
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+    assert "stream OPERATORS: exists and was not created by fshipper" in journal, journal
+    assert "Traceback" not in journal, journal
+    box.run(["systemctl", "reset-failed", unit])
+    box.path("/etc/fshipper/consumer-foreign.env").unlink()
 
 
 def test_unattended_upgrade_keeps_edits_and_restarts_running_units(box, newer_packages):
