@@ -207,14 +207,34 @@ async def _admin_connect(settings: config.Settings, timeout: float):
 
 
 async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
+    import nats.errors
+    from nats.js.errors import APIError
+
     from . import connection, streams
 
     nc = await _admin_connect(settings, args.timeout)
     if nc is None:
         return 1
     try:
-        for line in await streams.ensure(nc.jetstream(), settings, streams.setup_partitions(settings)):
+        js, partitions = nc.jetstream(), streams.setup_partitions(settings)
+        if args.dry_run:
+            steps = await streams.plan(js, settings, partitions, args.force)
+            for step in steps:
+                print(step.line(dry=True))
+            # A conflict: the real run would refuse.
+            return EX_CONFIG if any(step.action == "conflict" for step in steps) else 0
+        for line in await streams.ensure(js, settings, partitions, force=args.force):
             print(line)
+    except streams.ConflictError as e:
+        for line in e.lines:
+            sys.stderr.write(f"fshipper: {line}\n")
+        return EX_CONFIG
+    except APIError as e:
+        sys.stderr.write(f"fshipper: {streams.api_error(f'stream {settings.stream}', e)}\n")
+        return 1
+    except (nats.errors.Error, asyncio.TimeoutError) as e:
+        sys.stderr.write(f"fshipper: stream {settings.stream}: {str(e) or type(e).__name__}\n")
+        return 1
     finally:
         await connection.close(nc)
     return 0
@@ -306,7 +326,14 @@ def admin_main(argv: Optional[List[str]] = None) -> None:
     check.add_argument("--user", metavar="NAME",
                        help=f"check the system for this user (default: {SERVICE_USER} if it exists, else you)")
     _common(check)
-    setup = sub.add_parser("setup", help="create or update the stream and the partitions' consumers")
+    setup = sub.add_parser(
+        "setup", help="create or update the stream and the partitions' consumers",
+        description="Create or update the stream and the partitions' consumers. Only what fshipper "
+                    "created (metadata fshipper=1) is changed, and only to looser limits; anything else "
+                    "is a conflict: one line each on stderr, nothing changed, exit 78.")
+    setup.add_argument("--force", action="store_true",
+                       help="take over a conflicting stream or consumer and apply the configuration")
+    setup.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     status = sub.add_parser(
         "status", help="lag and health of the producers on this host and of the partitions; "
                        "exit 0 ok, 1 warning, 2 critical",

@@ -11,6 +11,7 @@ later line of a host is written ahead of an earlier one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -21,7 +22,8 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from . import connection, failpoint, streams, trust, wire
-from .config import Settings
+from .config import EX_CONFIG, Settings
+from .daemon import DaemonError
 from .ledger import DUPLICATE, EARLY, Ledger
 from .puller import Puller
 from .sink import Sink
@@ -83,8 +85,7 @@ class Consumer:
         self.ledger.load(self._recorded_file)
         self.sink.restore(self.ledger.files)
         self.sink.reserve_descriptors()
-        if self.settings.shipper_directory:
-            os.makedirs(self.settings.shipper_directory, 0o750, exist_ok=True)
+        self._check_output_directory()
         self.bounds.recount(self.sink.hosts, self.ledger.hosts())
 
     def _recorded_file(self, path: str) -> bool:
@@ -94,6 +95,23 @@ class Consumer:
             log.warning("%s: recorded in the ledger but not under the output directory; left alone", path)
             return False
         return os.path.lexists(path)
+
+    def _check_output_directory(self) -> None:
+        """Refuse to start (78, one line) where the output cannot be written at
+        all: retrying never makes a read-only directory writable."""
+        directory = self.settings.shipper_directory or os.path.dirname(self.settings.shipper_output)
+        if not directory:
+            return
+        try:
+            if self.settings.shipper_directory:
+                os.makedirs(directory, 0o750, exist_ok=True)
+            if not os.path.isdir(directory) or os.access(directory, os.W_OK):
+                return
+            read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+            code = errno.EROFS if read_only else errno.EACCES
+            raise OSError(code, os.strerror(code), directory)
+        except OSError as e:
+            raise DaemonError(output_problem(self.settings, directory, e), EX_CONFIG) from None
 
     async def run(self, stop: asyncio.Event) -> None:
         self.open_state()
@@ -122,11 +140,16 @@ class Consumer:
                      self.refusals.total, c.gaps, c.cut, self.refusals.summary())
 
     async def _ensure_streams(self, js, stop: asyncio.Event) -> None:
+        """Retry while the server cannot answer (no server, no leader yet); a
+        conflict (a stream or consumer fshipper does not own, a limit that would
+        shrink) does not heal by waiting: exit 78 saying why."""
         backoff = Backoff(first=0.5, cap=15.0)
         while not stop.is_set():
             try:
                 await streams.ensure(js, self.settings, self.settings.shipper_read_partitions)
                 return
+            except streams.ConflictError as e:
+                raise DaemonError(f"{e}; see `fshipper setup --dry-run`", EX_CONFIG) from None
             except (nats.errors.Error, asyncio.TimeoutError) as e:
                 delay = backoff.next_delay()
                 log.warning("cannot set up stream %s yet (%s); retry in %.1fs",
@@ -201,7 +224,7 @@ class Consumer:
         self._checked[number] = now
         try:
             await streams.ensure(self.nc.jetstream(), self.settings, [number], quiet=True)
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (streams.ConflictError, nats.errors.Error, asyncio.TimeoutError) as e:
             log.warning("partition %d: cannot check stream %s: %s", number, self.settings.stream, e)
 
     def _housekeeping(self) -> None:
@@ -306,6 +329,8 @@ class Consumer:
         self._tally = [0, 0, 0]
         self.counters.write_errors += 1
         delay = backoff.next_delay()
+        if error.errno == errno.EROFS:
+            error = output_problem(self.settings, os.path.dirname(error.filename or "") or "?", error)
         self.status.problem(paused(number), f"cannot write: {error}")
         log.error("partition %d: cannot write (%s); paused, %d message(s) asked again in %.1fs",
                   number, error, len(replies), delay)
@@ -433,6 +458,17 @@ def _samples(consumer: "Consumer") -> list:
 def paused(number: int) -> str:
     """The status file's name for a partition's pause (see fshipper.health)."""
     return f"paused p{number}"
+
+
+def output_problem(settings: Settings, directory: str, error: OSError) -> str:
+    """One line on why the output directory cannot be written, and for a
+    read-only one (the units' ProtectSystem=strict) the drop-in that allows it."""
+    if error.errno != errno.EROFS:
+        return f"output directory {directory}: cannot write there: {error.strerror or error}"
+    unit = f"fshipper-consumer@{settings.instance}" if settings.instance else "fshipper-consumer"
+    return (f"{directory}: read-only file system (the unit's ProtectSystem=strict allows writing to "
+            f"/var/log/fshipper only): run `systemctl edit {unit}`, add the lines "
+            f"`[Service]` and `ReadWritePaths={directory}`, then restart it")
 
 
 def _stored_at(msg: Msg) -> float:

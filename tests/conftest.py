@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Daemon, NatsServer, wait_until, write_env  # noqa: E402
+from harness import Daemon, NatsServer, need_program, wait_until, write_env  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -97,8 +97,7 @@ def openssl(*args, cwd):
 def pki(tmp_path):
     """A CA, a server and a client certificate with the extensions that strict
     verification (Python 3.13's default) asks for."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make certificates")
+    need_program("openssl", "openssl")
     d = tmp_path / "pki"
     d.mkdir()
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fshipper test CA",

@@ -39,6 +39,18 @@ def wait_until(condition: Callable[[], object], timeout: float, what, interval: 
         time.sleep(interval)
 
 
+def need_program(program: str, package: str) -> str:
+    """The path of a program from a Debian package the tests need (each is in
+    a ci-deps.txt list, which `make test` installs when run as root); without
+    it the test is skipped, the reason being the one command that installs it."""
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if not found:
+        import pytest
+
+        pytest.skip(f"{program} is not installed: sudo apt-get install --no-install-recommends {package}")
+    return found
+
+
 def nats_server_path() -> str:
     found = shutil.which("nats-server", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not found:

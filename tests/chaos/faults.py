@@ -23,7 +23,7 @@ import nats.errors
 
 from fshipper import wire
 
-from harness import NatsServer, free_port, numbered_line, verdict, wait_until
+from harness import NatsServer, free_port, need_program, numbered_line, verdict, wait_until
 
 LINE_WIDTH = 64  # bytes per numbered line, newline included
 
@@ -115,10 +115,7 @@ class Writer(threading.Thread):
 
 
 def logrotate_path() -> str:
-    found = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
-    if not found:
-        raise AssertionError("logrotate is not installed: apt-get install $(cat tests/chaos/ci-deps.txt)")
-    return found
+    return need_program("logrotate", "logrotate")
 
 
 class Rotator(threading.Thread):

@@ -218,9 +218,16 @@ def test_setup_is_idempotent(confdir, nats_server):
         f"consumer SHIPPER_p{n}: created" for n in range(3)]
     second = run("fshipper", "setup", "--config-dir", str(confdir), env=env)
     assert second.returncode == 0 and "created" not in second.stdout and "updated" not in second.stdout, second.stdout
-    changed = run("fshipper", "setup", "--config-dir", str(confdir),
-                  env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
-    assert "stream SHIPPER: updated" in changed.stdout, changed.stdout + changed.stderr
+    # A looser limit is applied; a tighter one (messages would be dropped) only with --force.
+    looser = run("fshipper", "setup", "--config-dir", str(confdir), env={**env, "SHIPPER_STREAM_MAX_AGE": "30d"})
+    assert looser.returncode == 0 and "stream SHIPPER: updated (max_age 7d -> 30d)" in looser.stdout, looser
+    tighter = run("fshipper", "setup", "--config-dir", str(confdir), env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
+    assert tighter.returncode == 78 and tighter.stdout == "", tighter
+    assert tighter.stderr == ("fshipper: stream SHIPPER: left alone: max_age 30d -> 1d would drop or change what "
+                              "it holds; `fshipper setup --force` applies it\n"), tighter.stderr
+    forced = run("fshipper", "setup", "--force", "--config-dir", str(confdir),
+                 env={**env, "SHIPPER_STREAM_MAX_AGE": "1d"})
+    assert forced.returncode == 0 and "stream SHIPPER: updated (max_age 30d -> 1d)" in forced.stdout, forced
     status = run("fshipper", "status", "--config-dir", str(confdir), env=env)
     # exit 1: a warning, as producer.env names a producer that has never run here
     assert status.returncode == 1 and "ok partition SHIPPER_p2: 0 pending" in status.stdout, status.stdout
@@ -300,3 +307,18 @@ def test_an_os_host_name_the_consumer_would_refuse_is_not_used_by_default(confdi
                     "--config-dir", str(confdir))
     assert good.returncode == 0, good.stderr
     assert "HOSTNAME=web1.example.net  # the OS host name" in good.stdout
+
+
+def test_check_config_quiet_prints_only_problems(confdir):
+    """What the units' ExecStartPre runs: nothing in the journal at a valid start."""
+    quiet = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    with open(confdir / "producer.env", "a") as env:
+        env.write("SHIPPER_BATCH_BYTE=1M\n")
+    warned = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert warned.returncode == 0 and warned.stdout == "" and "SHIPPER_BATCH_BYTES" in warned.stderr, warned
+    with open(confdir / "producer.env", "a") as env:
+        env.write("SHIPPER_PARTITIONS=many\n")
+    broken = run("fshipper", "check-config", "--quiet", "--role", "producer", "--config-dir", str(confdir))
+    assert broken.returncode == 78 and broken.stdout == "", broken
+    assert len(broken.stderr.splitlines()) == 1 and "SHIPPER_PARTITIONS" in broken.stderr, broken.stderr

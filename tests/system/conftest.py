@@ -8,12 +8,14 @@ import shutil
 
 import pytest
 
-from harness import NatsServer
+from harness import NatsServer, need_program
 from pkgbuild import SKIPPED_BANNER, SOURCE, SUMMARY, Build, build, signing_key
 
 
 @pytest.fixture(scope="session")
 def packages(tmp_path_factory) -> Build:
+    for program, package in (("gpg", "gnupg"), ("rpmsign", "rpm")):
+        need_program(program, package)
     base = tmp_path_factory.mktemp("packages")
     key, public = signing_key(base)
     return build(SOURCE, base / "dist", key, public)
@@ -22,7 +24,7 @@ def packages(tmp_path_factory) -> Build:
 @pytest.fixture(scope="session")
 def newer_packages(tmp_path_factory, packages) -> Build:
     """The same tree as a later release: version + ".1", with its changelog
-    entry and a changed sample fshipper.env."""
+    entry and every sample env file changed."""
     base = tmp_path_factory.mktemp("newer")
     tree = base / "src"
     shutil.copytree(SOURCE, tree, ignore=shutil.ignore_patterns(
@@ -37,9 +39,11 @@ def newer_packages(tmp_path_factory, packages) -> Build:
         f" -- fshipper developers <fshipper@example.org>  Sat, 28 Nov 2026 06:00:00 +0000\n\n"
         + changelog.read_text()
     )
-    # A changed sample: with the administrator's edit, a real conffile conflict.
-    with open(tree / "etc/fshipper/fshipper.env", "a") as sample:
-        sample.write("# (changed in the newer build)\n")
+    # Changed samples: were they conffiles, with the administrator's edits
+    # each would be a question from dpkg.
+    for name in ("fshipper", "producer", "consumer"):
+        with open(tree / f"etc/fshipper/{name}.env", "a") as sample:
+            sample.write("# (changed in the newer build)\n")
     key, public = signing_key(base)
     result = build(tree, base / "dist", key, public)
     assert result.version == newer

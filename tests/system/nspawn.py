@@ -23,6 +23,9 @@ from harness import wait_until
 CACHE = Path(os.environ.get("FSHIPPER_TEST_CACHE", "/var/cache/fshipper-test"))
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# apt's downloads (package lists, .debs) kept across runs: a run then fetches
+# only what changed on the mirror.  Bound read-write into every container.
+APT_CACHES = {"apt-lists": "/var/lib/apt/lists", "apt-archives": "/var/cache/apt/archives"}
 INSIDE_ENV = [
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG=C.UTF-8",
@@ -78,12 +81,20 @@ def unpack_root(root: Path) -> None:
     subprocess.run(["tar", "--zstd", "-C", str(root), "-xf", str(ensure_rootfs_tarball())], check=True)
 
 
+def apt_cache_binds() -> list[str]:
+    binds = []
+    for name, inside in APT_CACHES.items():
+        (CACHE / name / "partial").mkdir(parents=True, exist_ok=True)
+        binds.append(f"--bind={CACHE / name}:{inside}")
+    return binds
+
+
 def run_unbooted(root: Path, bind_ro: Path, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a shell script in the root without booting it: no systemd runs,
     as in an image build or a chroot."""
     return subprocess.run(
         ["systemd-nspawn", "-q", "-D", str(root), "--register=no", "--keep-unit", "--as-pid2",
-         f"--bind-ro={bind_ro}:/mnt/pkg", *(f"--setenv={var}" for var in INSIDE_ENV),
+         f"--bind-ro={bind_ro}:/mnt/pkg", *apt_cache_binds(), *(f"--setenv={var}" for var in INSIDE_ENV),
          "/bin/sh", "-exc", script],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )
@@ -138,7 +149,7 @@ class Container:
         with open(self.console, "wb") as console:
             self.process = subprocess.Popen(
                 ["systemd-nspawn", "-q", "-D", str(self.root), "-M", self.name,
-                 "--register=no", "--keep-unit", f"--bind-ro={self.bind_ro}:/mnt/pkg", "-b"],
+                 "--register=no", "--keep-unit", f"--bind-ro={self.bind_ro}:/mnt/pkg", *apt_cache_binds(), "-b"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             )
         self.leader = wait_for(self._find_leader, 30, "the container's systemd to start")

@@ -26,9 +26,11 @@ MAIN_UNITS = ("fshipper-consumer.service", "fshipper-producer.service")
 def why_not_runnable() -> str | None:
     if os.geteuid() != 0:
         return "not root"
-    for program in ("systemd-nspawn", "nsenter", "debootstrap", "zstd"):
+    for program, package in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
+                             ("debootstrap", "debootstrap"), ("zstd", "zstd")):
         if not shutil.which(program):
-            return f"{program} not installed (see packaging/ci-deps.txt)"
+            return (f"{program} is not installed: sudo apt-get install --no-install-recommends {package} "
+                    "(make test installs packaging/ci-deps.txt itself when run as root)")
     return None
 
 
@@ -54,7 +56,7 @@ def in_order():
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory, packages, newer_packages):
+def box(tmp_path_factory, packages, newer_packages, nats_url):  # nats_url: the server outlives the container
     work = tmp_path_factory.mktemp("container")
     pkgdir = work / "pkg"
     pkgdir.mkdir()
@@ -126,6 +128,13 @@ def hostname(box: Container) -> str:
     return box.run(["hostname"]).stdout.strip()
 
 
+def failed_state(box: Container, unit: str, *properties: str) -> dict | None:
+    """The unit's ActiveState, NRestarts and `properties` once it is failed, else None."""
+    flags = [arg for name in ("ActiveState", "NRestarts", *properties) for arg in ("-p", name)]
+    state = dict(line.split("=", 1) for line in box.run(["systemctl", "show", *flags, unit]).stdout.split())
+    return state if state["ActiveState"] == "failed" else None
+
+
 def exists(box: Container, path: str) -> bool:
     """Checked inside: /run is the container's own tmpfs."""
     return box.run(["test", "-e", path], check=False).returncode == 0
@@ -148,9 +157,16 @@ def test_install_and_purge_without_systemd_running(tmp_path_factory, packages):
     result = run_unbooted(work / "root", work / "pkg", f"""
         test ! -d /run/systemd/system
         apt-get update -q
+        # A service user made before the package (by hand or by config
+        # management), not in adm: the install adds it.
+        useradd --system --user-group --no-create-home fshipper
         apt-get install -y -q /mnt/pkg/{packages.deb.name}
         fshipper --version
-        id fshipper
+        id -nG fshipper | tr ' ' '\n' | grep -qx adm
+        for f in fshipper producer consumer; do
+            cmp /usr/share/fshipper/examples/$f.env /etc/fshipper/$f.env
+        done
+        test "$(stat -c '%U:%G %a' /var/log/fshipper)" = "fshipper:adm 2750"
         systemctl enable fshipper-producer.service fshipper-consumer@x.service
         apt-get purge -y -q fshipper
         if ls /etc/systemd/system/*.wants/fshipper* 2>/dev/null; then exit 1; fi
@@ -174,6 +190,11 @@ def test_install_pulls_python3_and_enables_nothing(box, packages):
     groups = box.run(["id", "-nG", "fshipper"]).stdout.split()
     assert "adm" in groups and "fshipper" in groups
     assert box.run(["stat", "-c", "%U", "/var/lib/fshipper"]).stdout.strip() == "fshipper"
+    # A first installation: the samples are the configuration to edit.
+    for name in ("fshipper", "producer", "consumer"):
+        assert box.path(f"/etc/fshipper/{name}.env").read_text() == \
+            box.path(f"/usr/share/fshipper/examples/{name}.env").read_text()
+    assert box.run(["stat", "-c", "%U:%G %a", "/var/log/fshipper"]).stdout.strip() == "fshipper:adm 2750"
     for unit in MAIN_UNITS:
         assert box.run(["systemctl", "is-enabled", unit], check=False).stdout.strip() == "disabled"
         assert active(box, unit) == "inactive"
@@ -205,6 +226,14 @@ def test_enable_now_ships_numbered_lines(box, nats_url):
     append_lines(box, LOG, 1, 500)
     Steps.shipped = 500
     expect_shipped(box, hostname(box), Steps.shipped)
+    # Readable by the administrators' group, as /var/log is.
+    host_dir = f"/var/log/fshipper/{hostname(box)}"
+    assert box.run(["stat", "-c", "%G %a", host_dir]).stdout.strip() == "adm 2750"
+    modes = box.sh(f"stat -c '%G %a' {host_dir}/*").stdout.split("\n")
+    assert set(filter(None, modes)) == {"adm 640"}, modes
+    # ExecStartPre's check-config is quiet: no settings in the journal.
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", "fshipper-producer.service"]).stdout
+    assert "NATS_URL" not in journal and "configuration is valid" not in journal, journal
 
 
 def test_reload_keeps_shipping_without_loss(box):
@@ -252,32 +281,98 @@ def test_broken_env_file_fails_the_start_with_the_reason_in_the_journal(box):
     assert active(box, unit) != "active"
     journal = box.run(["journalctl", "--no-pager", "-u", unit]).stdout
     assert "SHIPPER_PARTITIONS" in journal and "many" in journal, journal
-    # Retried a bounded number of times, then left failed (StartLimitBurst).
-    def settled():
-        state = dict(line.split("=", 1) for line in box.run(
-            ["systemctl", "show", "-p", "ActiveState", "-p", "Result", "-p", "NRestarts", unit]
-        ).stdout.split())
-        return state if state["ActiveState"] == "failed" else None
-
-    state = wait_for(settled, 60, f"{unit} to stop retrying", interval=1)
+    # Retried a bounded number of times, then left failed (StartLimitBurst):
+    # RestartPreventExitStatus= does not cover ExecStartPre.
+    state = wait_for(lambda: failed_state(box, unit, "Result"), 60, f"{unit} to stop retrying", interval=1)
+    print(f"broken configuration: {state}")
     assert int(state["NRestarts"]) <= 3, state
     box.run(["systemctl", "reset-failed", unit])
     box.path("/etc/fshipper/producer-broken.env").unlink()
 
 
-def test_upgrade_keeps_edited_conffile_and_restarts_running_units(box, newer_packages):
-    edited = box.path("/etc/fshipper/fshipper.env").read_text()
+def test_output_outside_var_log_fails_once_naming_the_drop_in(box):
+    """ProtectSystem=strict leaves /srv read-only: the consumer refuses to start
+    with one line naming the drop-in (exit 78, not restarted); with the
+    drop-in it runs.  Its own subject keeps it off the main consumer's stream."""
+    unit = "fshipper-consumer@elsewhere.service"
+    write(box, "/etc/fshipper/consumer-elsewhere.env",
+          "SHIPPER_SUBJECT=elsewhere\nSHIPPER_DIRECTORY=/srv/shipped\n")
+    result = box.run(["systemctl", "start", unit], check=False, timeout=60)
+    assert result.returncode != 0
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+    wanted = ("/srv/shipped: read-only file system (the unit's ProtectSystem=strict allows writing to "
+              "/var/log/fshipper only): run `systemctl edit fshipper-consumer@elsewhere`, add the lines "
+              "`[Service]` and `ReadWritePaths=/srv/shipped`, then restart it")
+    assert wanted in journal, journal
+    assert "Traceback" not in journal, journal
+    state = box.run(["systemctl", "show", "-p", "Result", "-p", "ExecMainStatus", unit]).stdout
+    print(f"consumer with a read-only output: {' '.join(state.split())}")
+    drop_in = box.path(f"/etc/systemd/system/{unit}.d/output.conf")
+    drop_in.parent.mkdir(parents=True)
+    box.sh("install -d -o fshipper -g adm -m 2750 /srv/shipped")
+    drop_in.write_text("[Service]\nReadWritePaths=/srv/shipped\n")
+    box.run(["systemctl", "daemon-reload"])
+    box.run(["systemctl", "reset-failed", unit], check=False)
+    box.run(["systemctl", "start", unit], timeout=60)
+    assert active(box, unit) == "active"
+    box.run(["systemctl", "stop", unit])
+    box.path("/etc/fshipper/consumer-elsewhere.env").unlink()
+
+
+def test_consumer_meeting_a_foreign_stream_fails_once(box, nats_url):
+    """An operator's stream of the name the consumer would use: the daemon,
+    already started, says why and exits 78; RestartPreventExitStatus=78 keeps
+    systemd from restarting it."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    async def foreign_stream():
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().add_stream(api.StreamConfig(name="OPERATORS", subjects=["operators.>"]))
+        finally:
+            await nc.close()
+
+    asyncio.run(foreign_stream())
+    unit = "fshipper-consumer@foreign.service"
+    write(box, "/etc/fshipper/consumer-foreign.env", "SHIPPER_SUBJECT=operators\nSHIPPER_STREAM=OPERATORS\n")
+    box.run(["systemctl", "start", unit], check=False, timeout=60)
+    state = wait_for(lambda: failed_state(box, unit, "ExecMainStatus"), 60, f"{unit} to fail", interval=0.5)
+    time.sleep(6)  # longer than RestartSec=5s: a restart would show now
+    state = failed_state(box, unit, "ExecMainStatus") or state
+    print(f"consumer meeting a foreign stream: {state}")
+    assert state["ExecMainStatus"] == "78" and state["NRestarts"] == "0", state
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+    assert "stream OPERATORS: exists and was not created by fshipper" in journal, journal
+    assert "Traceback" not in journal, journal
+    box.run(["systemctl", "reset-failed", unit])
+    box.path("/etc/fshipper/consumer-foreign.env").unlink()
+
+
+def test_unattended_upgrade_keeps_edits_and_restarts_running_units(box, newer_packages):
+    """`apt-get install -y` of a newer version, as an unattended run does it:
+    stdin closed, no terminal, no DEBIAN_FRONTEND and no dpkg --force-conf*
+    options.  Every sample changed in the newer build and every env file was
+    edited here: nothing is asked, nothing is replaced, the running units
+    are restarted and the stopped instance stays stopped."""
+    with open(box.path("/etc/fshipper/producer.env"), "a") as env:
+        env.write("# the administrator's own line\n")
+    edited = {name: box.path(f"/etc/fshipper/{name}.env").read_text()
+              for name in ("fshipper", "producer", "consumer", "producer-second")}
     pids = {unit: main_pid(box, unit) for unit in MAIN_UNITS}
-    untouched = box.path("/etc/fshipper/producer.env").read_text()
-    # fshipper.env: edited here and changed in the package, so dpkg asks;
-    # config management answers "keep mine" as below.  producer.env: edited
-    # here only, kept without a question.
-    box.run(["apt-get", "install", "-y", "-q", "-o", "Dpkg::Options::=--force-confdef",
-             "-o", "Dpkg::Options::=--force-confold", f"/mnt/pkg/{newer_packages.deb.name}"], timeout=300)
+    upgrade = box.run(["env", "-u", "DEBIAN_FRONTEND", "sh", "-c",
+                       f"exec 0<&-; apt-get install -y -q /mnt/pkg/{newer_packages.deb.name}"],
+                      check=False, timeout=300)
+    assert upgrade.returncode == 0, f"exit {upgrade.returncode}\n{upgrade.stdout[-3000:]}\n{upgrade.stderr[-3000:]}"
+    assert "conffile" not in upgrade.stdout + upgrade.stderr
     assert box.run(["dpkg-query", "-W", "-f", "${Version}", "fshipper"]).stdout == newer_packages.version
-    assert box.path("/etc/fshipper/fshipper.env").read_text() == edited
-    assert "changed in the newer build" in box.path("/etc/fshipper/fshipper.env.dpkg-dist").read_text()
-    assert box.path("/etc/fshipper/producer.env").read_text() == untouched
+    for name, text in edited.items():
+        assert box.path(f"/etc/fshipper/{name}.env").read_text() == text, name
+    assert sorted(p.name for p in box.path("/etc/fshipper").iterdir()) == sorted(f"{n}.env" for n in edited)
+    # The newer samples are there to compare with.
+    assert "changed in the newer build" in box.path("/usr/share/fshipper/examples/producer.env").read_text()
     for unit, pid in pids.items():
         assert active(box, unit) == "active"
         assert main_pid(box, unit) not in (0, pid), f"{unit} was not restarted by the upgrade"

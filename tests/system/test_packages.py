@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import need_program
 from pkgbuild import SOURCE
 
 UNITS = ("fshipper-producer.service", "fshipper-consumer.service",
@@ -44,7 +45,7 @@ def rpm_root(packages, tmp_path_factory) -> Path:
 
 def test_lintian_reports_nothing_unjustified(packages):
     result = subprocess.run(
-        ["lintian", "--pedantic", "--display-info", "--fail-on", "error,warning,info,pedantic",
+        [need_program("lintian", "lintian"), "--pedantic", "--display-info", "--fail-on", "error,warning,info,pedantic",
          str(packages.deb)], capture_output=True, text=True)
     tags = [line for line in result.stdout.splitlines() if re.match(r"^[EWIPX]: ", line)]
     assert tags == [] and result.returncode == 0, result.stdout + result.stderr
@@ -55,7 +56,7 @@ def test_rpmlint_reports_nothing_unjustified(packages, tmp_path):
     (tmp_path / ".rpmmacros").write_text(f"%_dbpath {tmp_path}/rpmdb\n")
     env = dict(os.environ, HOME=str(tmp_path))
     out("rpm", "--import", str(packages.rpm_public_key), env=env)
-    report = out("rpmlint", "-c", str(SOURCE / "packaging/rpmlint.toml"), str(packages.rpm), env=env)
+    report = out(need_program("rpmlint", "rpmlint"), "-c", str(SOURCE / "packaging/rpmlint.toml"), str(packages.rpm), env=env)
     assert re.search(r"\b0 errors, 0 warnings\b", report), report
     assert "signatures OK" in out("rpm", "-K", str(packages.rpm), env=env)
 
@@ -75,15 +76,37 @@ def test_deb_control(packages):
     assert "python3 (>= 3.9)" in fields["Depends"]
     assert fields["Recommends"] == "python3-nacl"
     assert fields["Architecture"] == "all"
-    conffiles = out("dpkg-deb", "-I", str(packages.deb), "conffiles").split()
-    assert sorted(conffiles) == ["/etc/fshipper/consumer.env", "/etc/fshipper/fshipper.env",
-                                 "/etc/fshipper/producer.env"]
+    # No conffiles: dpkg never asks about /etc/fshipper on an upgrade (the
+    # postinst copies the samples there on a first installation).
+    control = subprocess.run(["dpkg-deb", "-I", str(packages.deb), "conffiles"], capture_output=True, text=True)
+    assert control.returncode != 0 and "conffiles" in control.stderr, control
+    files = out("dpkg-deb", "-c", str(packages.deb))
+    assert "/etc/fshipper/\n" in files and "/etc/fshipper/fshipper.env" not in files
+    for name in ("fshipper", "producer", "consumer"):
+        assert f"./usr/share/fshipper/examples/{name}.env\n" in files
+    assert "./usr/lib/tmpfiles.d/fshipper.conf\n" in files
+
+
+def test_tmpfiles_makes_the_output_directory_readable_by_adm(deb_tree):
+    """Host directories and files under /var/log/fshipper inherit group adm
+    from its setgid bit (the consumer unit no longer sets LogsDirectory=,
+    which would give it the service user's group at every start)."""
+    entries = [line.split() for line in (deb_tree / "usr/lib/tmpfiles.d/fshipper.conf").read_text().splitlines()
+               if line and not line.startswith("#")]
+    assert entries == [["d", "/var/log/fshipper", "2750", "fshipper", "adm", "-"]]
+    for unit in ("fshipper-consumer.service", "fshipper-consumer@.service"):
+        text = (deb_tree / "lib/systemd/system" / unit).read_text()
+        assert "LogsDirectory" not in text.replace("# logs are readable by group adm; LogsDirectory=", "")
+        assert "\nReadWritePaths=-/var/log/fshipper\n" in text
 
 
 def test_rpm_requires_and_config(packages):
     rpm = str(packages.rpm)
     requires = out("rpm", "-qp", "--requires", rpm).splitlines()
     assert "python3 >= 3.9" in requires
+    # Requires(pre): useradd must be there when %pre runs.
+    kinds = out("rpm", "-qp", "--qf", "[%{REQUIRENAME} %{REQUIREFLAGS:deptype}\n]", rpm).splitlines()
+    assert "shadow-utils pre" in kinds, kinds
     assert out("rpm", "-qp", "--recommends", rpm).split() == ["python3-pynacl"]
     # %config(noreplace): rpm's fflags carry both bits (config = 1, noreplace = 16).
     flags = dict((line.split() + [""])[:2] for line in out(
@@ -99,18 +122,29 @@ def test_rpm_requires_and_config(packages):
         assert f"/usr/bin/{program}" in files
         assert f"/usr/share/man/man8/{program}.8.gz" in files
     assert {"/var/lib/fshipper", "/usr/lib/fshipper", "/usr/lib/fshipper/fshipper/__init__.py",
-            "/usr/lib/fshipper/py312/asyncore/__init__.py"} <= files
+            "/usr/lib/fshipper/py312/asyncore/__init__.py", "/usr/lib/tmpfiles.d/fshipper.conf",
+            "/usr/lib/sysusers.d/fshipper.conf", "/usr/share/fshipper/examples/producer.env"} <= files
 
 
 def test_rpm_scriptlets(packages):
     scripts = out("rpm", "-qp", "--scripts", str(packages.rpm))
     sections = dict(re.findall(r"^(\w+) scriptlet.*?:\n(.*?)(?=^\w+ scriptlet|\Z)", scripts, re.M | re.S))
     assert "useradd --system" in sections["preinstall"]
+    assert "systemd-tmpfiles --create" in sections["postinstall"]
     assert "compileall" in sections["postinstall"]
     assert "daemon-reload" in sections["postinstall"]
     # Stop only on erase, never on upgrade; restart what runs after an upgrade.
     assert re.search(r'if \[ "\$1" -eq 0 \]; then.*systemctl stop', sections["preuninstall"], re.S)
     assert re.search(r'if \[ "\$1" -ge 1 \]; then\s+systemctl try-restart', sections["postuninstall"])
+
+
+def test_rpm_sysusers_matches_pre(rpm_root, packages):
+    """The sysusers.d entry describes the user %pre makes with useradd."""
+    entries = [line.split(None, 3) for line in (rpm_root / "usr/lib/sysusers.d/fshipper.conf").read_text().splitlines()
+               if line and not line.startswith("#")]
+    assert entries == [["u", "fshipper", "-", '"fshipper log shipper" /var/lib/fshipper /sbin/nologin']]
+    pre = out("rpm", "-qp", "--scripts", str(packages.rpm))
+    assert "--home-dir /var/lib/fshipper" in pre and "--shell /sbin/nologin" in pre
 
 
 def test_rpm_unpacks_and_runs_with_host_python(rpm_root, packages):
