@@ -142,8 +142,8 @@ def test_a_nats_api_error_in_setup_is_one_line(pipeline):
     result = admin(p.config, "setup", env={"SHIPPER_STREAM_REPLICAS": "3"})  # one server, no cluster
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr == ("fshipper: setup: the server answered 500 (err_code 10074): "
-                             "replicas > 1 not supported in non-clustered mode\n"), result.stderr
+    assert result.stderr == ("fshipper: stream SHIPPER: the server refused it: replicas > 1 not supported "
+                             "in non-clustered mode (NATS error 10074)\n"), result.stderr
 
 
 def test_local_shows_the_producers_without_asking_the_server(pipeline):

@@ -297,6 +297,9 @@ def test_output_outside_var_log_fails_once_naming_the_drop_in(box):
     unit = "fshipper-consumer@elsewhere.service"
     write(box, "/etc/fshipper/consumer-elsewhere.env",
           "SHIPPER_SUBJECT=elsewhere\nSHIPPER_DIRECTORY=/srv/shipped\n")
+    # The directory is the service user's (so ExecStartPre's check-config passes);
+    # only the sandbox keeps the daemon from writing there.
+    box.sh("install -d -o fshipper -g adm -m 2750 /srv/shipped")
     result = box.run(["systemctl", "start", unit], check=False, timeout=60)
     assert result.returncode != 0
     journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
@@ -309,7 +312,6 @@ def test_output_outside_var_log_fails_once_naming_the_drop_in(box):
     print(f"consumer with a read-only output: {' '.join(state.split())}")
     drop_in = box.path(f"/etc/systemd/system/{unit}.d/output.conf")
     drop_in.parent.mkdir(parents=True)
-    box.sh("install -d -o fshipper -g adm -m 2750 /srv/shipped")
     drop_in.write_text("[Service]\nReadWritePaths=/srv/shipped\n")
     box.run(["systemctl", "daemon-reload"])
     box.run(["systemctl", "reset-failed", unit], check=False)
