@@ -144,6 +144,11 @@ async def _setup(settings: config.Settings) -> int:
 
     nc = await _admin_connect(settings)
     try:
+        try:
+            streams.check_server(nc.connected_server_version, settings)
+        except streams.ServerTooOldError as e:
+            sys.stderr.write(f"fshipper: {e}\n")
+            return config.EX_UNAVAILABLE
         for line in await streams.ensure(nc.jetstream(), settings, streams.setup_partitions(settings)):
             print(line)
     finally:
