@@ -14,6 +14,11 @@ and `<name>.journal`, one JSON line per batch (what changed), fsynced. A batch
 costs what it changed, not the number of hosts ever seen; the journal is folded
 into the snapshot once it grows. Every line holds absolute values, so replaying
 the whole journal over a snapshot that already has it changes nothing.
+
+Loading starts a new journal file (a new inode, not the old one emptied): a
+previous owner of the ledger that still has the old journal open (a frozen
+process, see ownership.py) can only append to a file nobody reads any more.
+With a `fence`, nothing is written to the ledger unless it passes.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ class LedgerError(Exception):
 
 
 class Ledger:
-    def __init__(self, state_dir: str, name: str) -> None:
+    def __init__(self, state_dir: str, name: str, fence: Optional[Callable[[], None]] = None) -> None:
         self.path = os.path.join(state_dir, f"{name}.ledger")
+        self.fence = fence  # raises when this process may not write the ledger now
         self.journal_path = os.path.join(state_dir, f"{name}.journal")
         self.sources: Dict[str, list] = {}   # "host origin" -> [gen, end, unix time]
         self.files: Dict[str, int] = {}      # output path -> complete length
@@ -53,6 +59,15 @@ class Ledger:
     def load(self, existing_file: Callable[[str], bool] = os.path.exists) -> None:
         """Read snapshot and journal; forget stale entries; start a fresh journal."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.read()
+        now = time.time()
+        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
+        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
+        self._fold(new_journal=True)
+
+    def read(self) -> None:
+        """Read snapshot and journal, changing nothing on disk (also another
+        partition's ledger, to learn where a host's producer was when it moved)."""
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
@@ -64,10 +79,6 @@ class Ledger:
             raise LedgerError(f"{self.path}: unreadable ledger ({e}); move it away to start over "
                               "(unacknowledged lines may then be written twice; see the README)") from None
         self._replay()
-        now = time.time()
-        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
-        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
-        self._fold()
 
     def _replay(self) -> None:
         try:
@@ -114,6 +125,10 @@ class Ledger:
         key = f"{host} {origin}"
         return self._pending.get(key) or self.sources.get(key)
 
+    def adopt(self, host: str, origin: str, last: list) -> None:
+        """Take over what another ledger recorded of a producer (recorded at the next commit)."""
+        self._pending[f"{host} {origin}"] = list(last)
+
     def advance(self, host: str, pos: Position) -> None:
         self._pending[f"{host} {pos.origin}"] = [pos.gen, pos.end, int(time.time())]
 
@@ -139,6 +154,8 @@ class Ledger:
     def _append(self, entry: dict) -> None:
         """One journal line, synced; on failure the journal is as before (and it raises)."""
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        if self.fence:
+            self.fence()
         self._open_journal()
         try:
             written = os.write(self._journal, line)
@@ -163,10 +180,15 @@ class Ledger:
     def rollback(self) -> None:
         self._pending.clear()
 
-    def _fold(self) -> None:
+    def _fold(self, new_journal: bool = False) -> None:
         """Write the snapshot, then empty the journal (a crash between is harmless)."""
+        if self.fence:
+            self.fence()
         data = {"version": 1, "sources": self.sources, "files": self.files}
         atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
+        if new_journal:
+            self.close()
+            atomic_write(self.journal_path, b"")
         self._open_journal()
         os.ftruncate(self._journal, 0)
         os.fsync(self._journal)
