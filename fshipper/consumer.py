@@ -268,7 +268,11 @@ class Consumer:
         try:
             fresh = self.sink.unrecorded()
             if fresh:
-                self.ledger.note_files(fresh)
+                try:
+                    self.ledger.note_files(fresh)
+                except OSError:
+                    self.sink.unrecord(fresh)
+                    raise
             failpoint.reach("consumer-write")
             self.sink.write()
         except OSError as e:

@@ -105,11 +105,24 @@ class Sink:
         return their lengths now: recorded before anything is written to them,
         so a restart can cut what a crash leaves there."""
         fresh = {}
-        for path in self._pending:
-            if path not in self.lengths:
-                self._open(path)
-                fresh[path] = self.lengths[path]
+        try:
+            for path in self._pending:
+                if path not in self.lengths:
+                    self._open(path)
+                    fresh[path] = self.lengths[path]
+        except OSError:
+            self.unrecord(fresh)
+            raise
         return fresh
+
+    def unrecord(self, paths) -> None:
+        """Their lengths could not be recorded: forget them, so the retry
+        records them again before it writes (else a crash leaves lines uncut)."""
+        for path in paths:
+            fd = self._fds.pop(path, None)
+            if fd is not None:
+                os.close(fd)
+            self.lengths.pop(path, None)
 
     def write(self) -> None:
         """Write what was collected (visible at once; durable after `sync`).

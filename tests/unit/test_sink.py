@@ -282,3 +282,17 @@ def test_expiry_follows_a_pattern_with_directories(tmp_path, directory):
         os.utime(p, (now - 30 * 86400, now - 30 * 86400))
     assert sink.expire(now) == [str(old)]
     assert recent.exists() and other.exists()
+
+
+def test_a_file_whose_length_could_not_be_recorded_is_reported_again(tmp_path):
+    """The ledger could not record a new file's length (disk full): the retry must
+    report the file again, or it writes unrecorded and a crash leaves its lines uncut."""
+    sink = Sink("out", str(tmp_path), 4, True, 7)
+    path = sink.path_for("web1", time.time())
+    sink.append(path, b"x\n")
+    fresh = sink.unrecorded()
+    assert fresh == {path: 0}
+    sink.rollback()
+    sink.unrecord(fresh)   # what the consumer does when note_files fails
+    sink.append(path, b"x\n")
+    assert sink.unrecorded() == {path: 0}
