@@ -9,8 +9,21 @@ PYTEST_ARGS ?=
 
 all: test
 
+# Debian's python3 makes venvs only with python3-venv: as root it is
+# installed here, otherwise the one apt command is printed.
 $(STAMP): setup.py requirements-test.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "venv: installing python3-venv"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends python3-venv >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }; \
+	    $(PYTHON) -m venv $(VENV); \
+	  else \
+	    echo "venv: $(PYTHON) -m venv failed: sudo apt-get install --no-install-recommends python3-venv" >&2; \
+	    exit 1; \
+	  fi; }
 	$(PY) -m pip install --quiet --disable-pip-version-check -e . -r requirements-test.txt
 	touch $@
 

@@ -128,10 +128,14 @@ def hostname(box: Container) -> str:
     return box.run(["hostname"]).stdout.strip()
 
 
+def show(box: Container, unit: str, *properties: str) -> dict:
+    flags = [arg for name in properties for arg in ("-p", name)]
+    return dict(line.split("=", 1) for line in box.run(["systemctl", "show", *flags, unit]).stdout.split())
+
+
 def failed_state(box: Container, unit: str, *properties: str) -> dict | None:
     """The unit's ActiveState, NRestarts and `properties` once it is failed, else None."""
-    flags = [arg for name in ("ActiveState", "NRestarts", *properties) for arg in ("-p", name)]
-    state = dict(line.split("=", 1) for line in box.run(["systemctl", "show", *flags, unit]).stdout.split())
+    state = show(box, unit, "ActiveState", "NRestarts", *properties)
     return state if state["ActiveState"] == "failed" else None
 
 
@@ -273,19 +277,23 @@ def test_templated_producer_ships_a_second_file(box):
     assert active(box, "fshipper-producer.service") == "active"
 
 
-def test_broken_env_file_fails_the_start_with_the_reason_in_the_journal(box):
+def test_broken_env_file_fails_the_start_once_with_the_reason_in_the_journal(box):
     write(box, "/etc/fshipper/producer-broken.env", f"SHIPPER_FILE={LOG}\nSHIPPER_PARTITIONS=many\n")
     unit = "fshipper-producer@broken.service"
     result = box.run(["systemctl", "start", unit], check=False, timeout=60)
     assert result.returncode != 0
     assert active(box, unit) != "active"
-    journal = box.run(["journalctl", "--no-pager", "-u", unit]).stdout
-    assert "SHIPPER_PARTITIONS" in journal and "many" in journal, journal
-    # Retried a bounded number of times, then left failed (StartLimitBurst):
-    # RestartPreventExitStatus= does not cover ExecStartPre.
-    state = wait_for(lambda: failed_state(box, unit, "Result"), 60, f"{unit} to stop retrying", interval=1)
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+    problems = [line for line in journal.splitlines() if "SHIPPER_PARTITIONS" in line]
+    assert len(problems) == 1 and "many" in problems[0], journal
+    # Failed once and left so: no restart (Restart=on-abnormal), no start limit.
+    state = wait_for(lambda: failed_state(box, unit, "Result"), 60, f"{unit} to fail", interval=0.5)
+    time.sleep(6)  # longer than RestartSec=5s: a restart would show now
+    state = failed_state(box, unit, "Result") or state
     print(f"broken configuration: {state}")
-    assert int(state["NRestarts"]) <= 3, state
+    assert state == {"ActiveState": "failed", "NRestarts": "0", "Result": "exit-code"}, state
+    journal = box.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit]).stdout
+    assert journal.count(f"Starting {unit}") == 1, journal
     box.run(["systemctl", "reset-failed", unit])
     box.path("/etc/fshipper/producer-broken.env").unlink()
 
@@ -351,6 +359,55 @@ def test_consumer_meeting_a_foreign_stream_fails_once(box, nats_url):
     assert "Traceback" not in journal, journal
     box.run(["systemctl", "reset-failed", unit])
     box.path("/etc/fshipper/consumer-foreign.env").unlink()
+
+
+def test_killed_daemons_are_restarted_without_loss(box):
+    """kill -9 of a running daemon: systemd starts it again after RestartSec
+    (Restart=on-abnormal covers signals) and no line is lost or doubled."""
+    for unit in MAIN_UNITS:
+        pid = main_pid(box, unit)
+        before = int(show(box, unit, "NRestarts")["NRestarts"])
+        append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 100)
+        Steps.shipped += 100
+        box.sh(f"kill -9 {pid}")  # the shell's kill: a minimal Debian has no procps
+        wait_for(lambda: active(box, unit) == "active" and main_pid(box, unit) not in (0, pid), 60,
+                 f"{unit} to be restarted", interval=0.5)
+        state = show(box, unit, "NRestarts", "ExecMainCode", "ExecMainStatus")
+        print(f"{unit} after kill -9: {state}")
+        assert int(state["NRestarts"]) == before + 1, state
+    append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 100)
+    Steps.shipped += 100
+    expect_shipped(box, hostname(box), Steps.shipped)
+
+
+def test_daemon_dying_of_an_error_is_restarted(box):
+    """A running daemon that exits 1 (as after an unexpected error) is
+    restarted (RestartForceExitStatus=1); one that keeps dying is left
+    failed by the start limit; with the fault gone, nothing was lost."""
+    unit = "fshipper-consumer.service"
+    drop_in = box.path(f"/etc/systemd/system/{unit}.d/failpoint.conf")
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text("[Service]\nEnvironment=FSHIPPER_FAILPOINT=consumer-batch:1:exit\n")
+    box.run(["systemctl", "daemon-reload"])
+    box.run(["systemctl", "restart", unit], timeout=60)
+    before = int(show(box, unit, "NRestarts")["NRestarts"])
+    append_lines(box, LOG, Steps.shipped + 1, Steps.shipped + 100)
+    Steps.shipped += 100
+
+    def restarted_after_exit_1():
+        state = show(box, unit, "NRestarts", "ExecMainCode", "ExecMainStatus", "ActiveState")
+        return state if int(state["NRestarts"]) > before and state["ExecMainStatus"] == "1" else None
+
+    state = wait_for(restarted_after_exit_1, 60, f"{unit} to be restarted after exit 1", interval=0.5)
+    print(f"{unit} after exit 1: {state}")
+    state = wait_for(lambda: failed_state(box, unit, "Result"), 60, f"{unit} to hit its start limit", interval=1)
+    print(f"{unit} dying at every start: {state}")
+    assert int(state["NRestarts"]) <= 3, state  # StartLimitBurst=3 within StartLimitIntervalSec=60s
+    drop_in.unlink()
+    box.run(["systemctl", "daemon-reload"])
+    box.run(["systemctl", "reset-failed", unit])
+    box.run(["systemctl", "start", unit], timeout=60)
+    expect_shipped(box, hostname(box), Steps.shipped)
 
 
 def test_unattended_upgrade_keeps_edits_and_restarts_running_units(box, newer_packages):
