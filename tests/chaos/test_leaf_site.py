@@ -87,7 +87,7 @@ def _memory(probe: MemoryProbe, cut: float, restored: float) -> Dict[str, int]:
             "end": probe.samples[-1][1], "hwm": probe.samples[-1][2]}
 
 
-def test_leaf_site_loses_its_hub_link(tmp_path, pipeline, far_site, chaos):
+def test_leaf_site_loses_its_hub_link(tmp_path, far_site, pipeline, chaos):
     """Three hosts write numbered lines at a steady rate; their producers publish
     to the site's leaf node only. The link to the hub is cut (connections dropped,
     new ones refused) for 10 s (long: 60 s) and restored. Every line must arrive
