@@ -1,5 +1,5 @@
 """The moving parts of the chaos tests: a steady writer, real logrotate, a NATS
-cluster, kill schedules, memory probes and the table of results.
+cluster, a WAN link to cut, kill schedules, memory probes and the table of results.
 
 Every random choice comes from one `random.Random(seed)`; the seed is printed
 and named in each assertion, and CHAOS_SEED=<seed> replays the same schedule
@@ -247,8 +247,11 @@ class Relay:
     site's leaf node to the hub's leafnode port, behind the site's firewall.
 
     `cut()` drops every connection through it and closes its port, so new ones
-    are refused, as a firewall that rejects; `restore()` listens on the same
-    port again. `connections` counts the connections it carried.
+    are refused, as a firewall that rejects; `cut(silent=True)` lets nothing
+    through without a word, as a firewall that drops or a dead WAN line: the
+    connections stay open and carry nothing, new ones are never served.
+    `restore()` lets everything through again (after a refusing cut, on the
+    same port). `connections` counts the connections it carried.
     """
 
     def __init__(self, target_port: int, port: Optional[int] = None) -> None:
@@ -259,6 +262,7 @@ class Relay:
         self._open: List[socket.socket] = []
         self._lock = threading.Lock()
         self._halt = threading.Event()
+        self._flowing = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "Relay":
@@ -268,17 +272,20 @@ class Relay:
         listener.listen(16)
         listener.settimeout(0.1)
         self._listener, self._halt = listener, threading.Event()
+        self._flowing.set()
         self._thread = threading.Thread(target=self._accept, args=(listener, self._halt), daemon=True,
                                         name="relay")
         self._thread.start()
         return self
 
-    restore = start
-
-    def cut(self) -> None:
+    def cut(self, silent: bool = False) -> None:
+        if silent:
+            self._flowing.clear()
+            return
         self._halt.set()
         self._thread.join(5)
         self._listener.close()
+        self._listener = None
         with self._lock:
             dropped, self._open = self._open, []
         for sock in dropped:
@@ -288,10 +295,20 @@ class Relay:
                 pass
             sock.close()
 
-    stop = cut
+    def restore(self) -> None:
+        if self._listener is None:
+            self.start()
+        self._flowing.set()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self.cut()
+        self._flowing.set()   # pumps held by a silent cut find their sockets closed and end
 
     def _accept(self, listener: socket.socket, halt: threading.Event) -> None:
         while not halt.is_set():
+            if not self._flowing.wait(0.1):
+                continue   # not served: the connection attempt waits in the backlog, unanswered
             try:
                 near, _ = listener.accept()
             except socket.timeout:
@@ -308,13 +325,13 @@ class Relay:
             for src, dst in ((near, far), (far, near)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True, name="relay-pump").start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()   # held (and no more read) while silently cut
                 dst.sendall(data)
         except OSError:
             pass
