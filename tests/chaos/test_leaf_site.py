@@ -136,8 +136,10 @@ def test_leaf_site_loses_its_hub_link(tmp_path, far_site, pipeline, chaos, drop)
             f"=== central\n{central.consumer.tail()}\n=== site\n{far_site.site_log()[-3000:]}"
 
     probes = [MemoryProbe(p.producer.proc.pid, every=0.25) for p in hosts]
-    writers = [Writer(p.log, int(duration * rate), rate, width=width)
-               for p, (rate, width) in ((p, rates[p.host]) for p in hosts)]
+    writers = []
+    for p in hosts:
+        rate, width = rates[p.host]
+        writers.append(Writer(p.log, int(duration * rate), rate, width=width))
     for thread in probes + writers:
         thread.start()
     time.sleep(cut_at)
@@ -173,9 +175,9 @@ def test_leaf_site_loses_its_hub_link(tmp_path, far_site, pipeline, chaos, drop)
               f"{m['cut'] / 1024:.1f} MiB while cut, {m['end'] / 1024:.1f} MiB at the end; "
               f"VmHWM {m['hwm'] / 1024:.1f} MiB")
     chaos.record(f"leaf site: hub link cut {outage}s ({drop})", result,
-                 f"{len(hosts)} hosts to a leaf node, one writing {megabytes} MB while cut; lines written "
-                 f"before the restore all at the hub {caught_up - restored:.1f}s after it; each producer's VmRSS before the cut/"
-                 "at most while cut/at the end (VmHWM) in MiB: " + ", ".join(
+                 f"{len(hosts)} hosts to a leaf node, one writing {megabytes} MB while cut; the lines written "
+                 f"before the restore all written at the hub {caught_up - restored:.1f}s after it; each "
+                 "producer's VmRSS before the cut/at most while cut/at the end (VmHWM) in MiB: " + ", ".join(
                      "/".join(f"{m[k] / 1024:.1f}" for k in ("before", "cut", "end")) + f" ({m['hwm'] / 1024:.1f})"
                      for m in memory))
     assert clean(result), chaos.why({"all": result, **results}, logs())
