@@ -279,7 +279,8 @@ class Producer:
         self.status.error(f"publish not confirmed: {str(error) or type(error).__name__}")
         if isinstance(error, nats.js.errors.NoStreamResponseError):
             log.warning("no stream answers for %s.> (not set up yet: run 'fshipper setup' or start a "
-                        "consumer; or a cluster electing a leader); retry in %.1fs",
+                        "consumer; or a cluster electing a leader; or, through a leaf node, its link to "
+                        "the hub down); retry in %.1fs",
                         self.settings.shipper_subject, delay)
         else:
             log.warning("publish not confirmed (%s); %d message(s) will be sent again in %.1fs",

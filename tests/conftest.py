@@ -74,12 +74,13 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(request, tmp_path):
-    """Pipelines on the test's nats-server, started only if no NATS_URL is given."""
+    """Pipelines on the test's nats-server, started only if no NATS_URL is given;
+    each in `root` (several hosts, each its own) or else in the test's tmp_path."""
     made = []
 
-    def make(**extra) -> Pipeline:
+    def make(root: Path = None, **extra) -> Pipeline:
         url = extra.pop("NATS_URL", None) or request.getfixturevalue("nats_server").url
-        p = Pipeline(tmp_path, url, **extra)
+        p = Pipeline(root or tmp_path, url, **extra)
         made.append(p)
         return p
 

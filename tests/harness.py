@@ -59,12 +59,16 @@ def nats_server_path() -> str:
 
 
 class NatsServer:
-    """One nats-server with JetStream, file storage in `store`; restartable on the same port."""
+    """One nats-server with JetStream, file storage in `store`; restartable on the same port.
+    With `jetstream=False`, a server without it (a site's leaf node): `store` then only
+    says where its log goes."""
 
-    def __init__(self, store: Path, port: Optional[int] = None, config: Optional[str] = None) -> None:
+    def __init__(self, store: Path, port: Optional[int] = None, config: Optional[str] = None,
+                 jetstream: bool = True) -> None:
         self.store = Path(store)
         self.port = port or free_port()
         self.config = config
+        self.jetstream = jetstream
         self.proc: Optional[subprocess.Popen] = None
         self.log = self.store.parent / f"nats-{self.port}.log"
 
@@ -74,7 +78,9 @@ class NatsServer:
 
     def start(self) -> "NatsServer":
         self.store.mkdir(parents=True, exist_ok=True)
-        args = [nats_server_path(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        args = [nats_server_path(), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            args += ["-js", "-sd", str(self.store)]
         if self.config:
             args += ["-c", self.config]
         with open(self.log, "ab") as log:

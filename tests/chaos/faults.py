@@ -1,5 +1,5 @@
 """The moving parts of the chaos tests: a steady writer, real logrotate, a NATS
-cluster, kill schedules, memory probes and the table of results.
+cluster, a WAN link to cut, kill schedules, memory probes and the table of results.
 
 Every random choice comes from one `random.Random(seed)`; the seed is printed
 and named in each assertion, and CHAOS_SEED=<seed> replays the same schedule
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -236,6 +237,110 @@ def stored_twice(url: str, subject: str = "shipper.>") -> int:
             await nc.close()
 
     return asyncio.run(scan())
+
+
+# --- the link between a far site and the hub -----------------------------------------
+
+
+class Relay:
+    """A TCP relay on a loopback port to `target_port`: the WAN link from a
+    site's leaf node to the hub's leafnode port, behind the site's firewall.
+
+    `cut()` drops every connection through it and closes its port, so new ones
+    are refused, as a firewall that rejects; `cut(silent=True)` lets nothing
+    through without a word, as a firewall that drops or a dead WAN line: the
+    connections stay open and carry nothing, new ones are never served.
+    `restore()` lets everything through again (after a refusing cut, on the
+    same port). `connections` counts the connections it carried.
+    """
+
+    def __init__(self, target_port: int, port: Optional[int] = None) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.port = port or free_port()
+        self.connections = 0
+        self._listener: Optional[socket.socket] = None
+        self._open: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._flowing = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Relay":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        self._listener, self._halt = listener, threading.Event()
+        self._flowing.set()
+        self._thread = threading.Thread(target=self._accept, args=(listener, self._halt), daemon=True,
+                                        name="relay")
+        self._thread.start()
+        return self
+
+    def cut(self, silent: bool = False) -> None:
+        if silent:
+            self._flowing.clear()
+            return
+        self._halt.set()
+        self._thread.join(5)
+        self._listener.close()
+        self._listener = None
+        with self._lock:
+            dropped, self._open = self._open, []
+        for sock in dropped:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def restore(self) -> None:
+        if self._listener is None:
+            self.start()
+        self._flowing.set()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self.cut()
+        self._flowing.set()   # pumps held by a silent cut find their sockets closed and end
+
+    def _accept(self, listener: socket.socket, halt: threading.Event) -> None:
+        while not halt.is_set():
+            if not self._flowing.wait(0.1):
+                continue   # not served: the connection attempt waits in the backlog, unanswered
+            try:
+                near, _ = listener.accept()
+            except socket.timeout:
+                continue
+            try:
+                far = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                near.close()
+                continue
+            far.settimeout(None)
+            with self._lock:
+                self._open += [near, far]
+                self.connections += 1
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True, name="relay-pump").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                self._flowing.wait()   # held (and no more read) while silently cut
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 # --- schedules and probes ------------------------------------------------------------
