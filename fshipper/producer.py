@@ -136,7 +136,7 @@ class Producer:
             else:
                 await self._ship_jetstream(stop)
         finally:
-            self.store.flush()
+            self.store.close()
             self.follower.close()
             await connection.close(self.nc)
 
