@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+from .procs import BenchError
+from .sut_syslogng import syslog_ng
+
 
 def _first_line(argv: List[str]) -> str:
     try:
@@ -26,6 +29,16 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _syslog_ng_version() -> str:
+    try:
+        command, env = syslog_ng()
+    except BenchError as e:
+        return str(e)
+    out = subprocess.run(command + ["--version"], capture_output=True, text=True,
+                         timeout=20, env=env)
+    return " ".join(out.stdout.splitlines()[:1] + out.stdout.splitlines()[3:4])
+
+
 def describe() -> Dict[str, str]:
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     bindir = Path(sys.executable).parent
@@ -38,6 +51,7 @@ def describe() -> Dict[str, str]:
         "python": platform.python_version(),
         "rsyslog": _first_line([shutil.which("rsyslogd") or "/usr/sbin/rsyslogd", "-v"])
         .replace(" compiled with:", ""),
+        "syslog-ng": _syslog_ng_version(),
         "nats-server": _first_line([nats, "--version"]) if nats else "not found",
         "fshipper": _first_line([fshipper, "version"]) if fshipper else "not found",
     }

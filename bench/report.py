@@ -7,6 +7,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 Metrics = Dict[str, float]
 # results[scenario][system] = one entry per run, None where the run failed
 Results = Dict[str, Dict[str, List[Optional[Metrics]]]]
+# The systems fshipper is compared with, each in a ratio row of its own.
+PEERS = ("rsyslog", "syslog-ng")
 
 
 def values(runs: Sequence[Optional[Metrics]], key: str) -> List[float]:
@@ -54,8 +56,8 @@ def table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
 def metric_rows(results: Results, scenarios: Sequence[str], systems: Sequence[str],
                 label: Callable[[str], str], columns: Sequence[str],
                 ratio_of: Sequence[str] = ()) -> List[List[str]]:
-    """One row per scenario and system, then a row of fshipper/rsyslog ratios
-    for the `ratio_of` columns."""
+    """One row per scenario and system, then a row of fshipper/peer ratios
+    for the `ratio_of` columns for each peer measured."""
     rows: List[List[str]] = []
     for scen in scenarios:
         if scen not in results:
@@ -67,10 +69,11 @@ def metric_rows(results: Results, scenarios: Sequence[str], systems: Sequence[st
             note = f" ({failed} failed)" if failed else ""
             rows.append([label(scen), system + note] +
                         [spread(values(runs, c)) for c in columns])
-        if "fshipper" in per_system and "rsyslog" in per_system and ratio_of:
-            rows.append([label(scen), "**fshipper / rsyslog**"] + [
-                spread(ratios(per_system["fshipper"], per_system["rsyslog"], c), "x")
-                if c in ratio_of else "" for c in columns])
+        for peer in PEERS:
+            if "fshipper" in per_system and peer in per_system and ratio_of:
+                rows.append([label(scen), f"**fshipper / {peer}**"] + [
+                    spread(ratios(per_system["fshipper"], per_system[peer], c), "x")
+                    if c in ratio_of else "" for c in columns])
     return rows
 
 
@@ -79,7 +82,8 @@ def median(results: Results, scen: str, system: str, key: str) -> Optional[float
     return statistics.median(xs) if xs else None
 
 
-def ratio_median(results: Results, scen: str, key: str) -> Optional[float]:
+def ratio_median(results: Results, scen: str, key: str,
+                 peer: str = "rsyslog") -> Optional[float]:
     per = results.get(scen, {})
-    xs = ratios(per.get("fshipper", []), per.get("rsyslog", []), key)
+    xs = ratios(per.get("fshipper", []), per.get(peer, []), key)
     return statistics.median(xs) if xs else None

@@ -10,8 +10,10 @@ from .report import (Results, median, metric_rows, ratio_median, ratios, table,
 from .sut import ROLES
 from .sut_fshipper import Fshipper
 from .sut_rsyslog import Rsyslog
+from .sut_syslogng import SyslogNg
 
-NAMES = {"fshipper": Fshipper.role_names, "rsyslog": Rsyslog.role_names}
+NAMES = {"fshipper": Fshipper.role_names, "rsyslog": Rsyslog.role_names,
+         "syslog-ng": SyslogNg.role_names}
 ROLE_HEADS = ["producer / forwarder", "consumer / receiver", "nats-server"]
 
 
@@ -59,7 +61,8 @@ def targets(results: Results) -> str:
 def render(results: Results, args: argparse.Namespace, machine: Dict[str, str],
            command: str, started: datetime.datetime) -> str:
     systems = args.systems
-    out = [f"# fshipper vs rsyslog — {started:%Y-%m-%d %H:%M} UTC", "",
+    peers = " and ".join(s for s in systems if s != "fshipper") or "nothing"
+    out = [f"# fshipper vs {peers} — {started:%Y-%m-%d %H:%M} UTC", "",
            table(["machine", ""], [[k, v] for k, v in machine.items()]), "",
            f"Command: `{command}` ({args.runs} runs of each scenario, "
            f"{args.backlog_runs} of each backlog); cells are median (min–max) over runs, "
@@ -100,7 +103,7 @@ def render(results: Results, args: argparse.Namespace, machine: Dict[str, str],
          f"taking turns with {args.fanin_batch} lines each, into one "
          "consumer; open fds = most seen in the consumer. Publish lines/s: how "
          "fast the publisher got its lines confirmed by JetStream (fshipper) or "
-         "taken by the socket (rsyslog); close to lines/s, the publisher, not "
+         "taken by the socket (rsyslog, syslog-ng); close to lines/s, the publisher, not "
          "the consumer, set the pace.",
          ["hosts", "system", "lines/s", "publish lines/s", "consumer open fds",
           "consumer CPU s / M lines"],

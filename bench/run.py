@@ -1,12 +1,12 @@
-"""fshipper against rsyslog, measured the same way in one run.
+"""fshipper against rsyslog and syslog-ng, measured the same way in one run.
 
-    python -m bench.run [--runs N] [--systems fshipper,rsyslog]
+    python -m bench.run [--runs N] [--systems fshipper,rsyslog,syslog-ng]
                         [--scenarios burst,latency,memory,fanin]
 
 Runs are interleaved (run i of every system, then run i+1, alternating which
-system goes first) so that the machine's noise hits both; fshipper/rsyslog
-ratios pair run i with run i.  Prints a markdown report and writes it to
-bench/results/<date>.md.
+system goes first) so that the machine's noise hits all; fshipper/rsyslog
+and fshipper/syslog-ng ratios pair run i with run i.  Prints a markdown
+report and writes it to bench/results/<date>.md.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from .results import render
 from .sut import SystemUnderTest
 from .sut_fshipper import Fshipper
 from .sut_rsyslog import Rsyslog
+from .sut_syslogng import SyslogNg
 
-SYSTEMS = {"fshipper": Fshipper, "rsyslog": Rsyslog}
+SYSTEMS = {"fshipper": Fshipper, "rsyslog": Rsyslog, "syslog-ng": SyslogNg}
 GROUPS = ("burst", "latency", "memory", "fanin")
 Measure = Callable[[SystemUnderTest], Dict[str, float]]
 
@@ -113,7 +114,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (default 3)")
-    ap.add_argument("--systems", type=listed(str), default=["fshipper", "rsyslog"])
+    ap.add_argument("--systems", type=listed(str), default=list(SYSTEMS))
     ap.add_argument("--scenarios", type=listed(str), default=list(GROUPS),
                     help="any of " + ",".join(GROUPS))
     ap.add_argument("--burst-lines", type=int, default=1_000_000,

@@ -18,10 +18,10 @@ machine while keeping its output byte-identical to the input:
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import fanin_tcp
 from .procs import BenchError, Proc, free_port, port_open, wait_for
 from .sut import SystemUnderTest
 
@@ -92,7 +92,5 @@ class Rsyslog(SystemUnderTest):
 
     def publisher_argv(self, hosts: int, lines_per_host: int, line_size: int,
                        lines_per_message: int) -> Sequence[str]:
-        return [sys.executable, "-m", "bench.fanin_tcp",
-                "--port", str(self.port), "--hosts", str(hosts),
-                "--lines", str(lines_per_host), "--size", str(line_size),
-                "--run", str(lines_per_message)]
+        return fanin_tcp.argv(self.port, hosts, lines_per_host, line_size,
+                              lines_per_message, "octet")

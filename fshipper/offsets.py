@@ -10,6 +10,7 @@ that has no record of the origin writes from there, and waits for it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
@@ -34,6 +35,12 @@ class PositionStore:
         self._pending: Optional[Tuple[FileRef, int]] = None
         self._last_write = 0.0
         self.confirmed_at: Optional[float] = None  # when the server last confirmed data (for status)
+        # Writes while lines flow run on a thread of their own, one at a time and
+        # in order: two fsyncs block for a journal commit of the whole file
+        # system (milliseconds, more while the server writes its store), and the
+        # loop meanwhile reads and publishes. A write that failed raises at the next.
+        self._writer: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._writing: Optional[concurrent.futures.Future] = None
 
     def load(self) -> Optional[Tuple[FileRef, int]]:
         """The saved (file, offset), or None on a first start; sets `origin`."""
@@ -98,10 +105,38 @@ class PositionStore:
         return self._pending is not None
 
     def flush_due(self) -> None:
+        """Write the pending position in the background if its interval passed."""
+        if self._writing is not None:
+            if not self._writing.done():
+                return
+            self._finish_writing()
         if self._pending is not None and time.monotonic() - self._last_write >= self.min_interval:
+            ref, offset = self._pending
+            self._pending = None
+            if self._saved == (ref.to_dict(), offset):
+                return
+            if self._writer is None:
+                self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="position")
+            self._writing = self._writer.submit(atomic_write, self.path, self._record(ref, offset))
+            self._wrote(ref, offset)
+
+    def _finish_writing(self) -> None:
+        """Wait for the background write, if any; raises what it raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self) -> None:
+        """Write what is pending and end the background writer."""
+        try:
             self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
 
     def flush(self) -> None:
+        self._finish_writing()
         if self._pending is None:
             if self._saved is None and not os.path.exists(self.path):
                 self._write(None, 0)  # keep the origin even before the first line
@@ -112,9 +147,16 @@ class PositionStore:
             return
         self._write(ref, offset)
 
-    def _write(self, ref: Optional[FileRef], offset: int) -> None:
+    def _record(self, ref: Optional[FileRef], offset: int) -> bytes:
         data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset,
                 "first": self.first, "confirmed_at": self.confirmed_at}
-        atomic_write(self.path, json.dumps(data, sort_keys=True).encode() + b"\n")
+        return json.dumps(data, sort_keys=True).encode() + b"\n"
+
+    def _write(self, ref: Optional[FileRef], offset: int) -> None:
+        self._finish_writing()
+        atomic_write(self.path, self._record(ref, offset))
+        self._wrote(ref, offset)
+
+    def _wrote(self, ref: Optional[FileRef], offset: int) -> None:
         self._saved = (ref.to_dict(), offset) if ref else None
         self._last_write = time.monotonic()

@@ -63,13 +63,14 @@ class Sent:
     published, and the random suffix of its id once a duplicate answer made one
     necessary."""
 
-    __slots__ = ("chunk", "future", "sends", "suffix")
+    __slots__ = ("chunk", "future", "sends", "suffix", "deadline")
 
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
         self.future: "asyncio.Future" = asyncio.get_running_loop().create_future()
         self.sends = 0
         self.suffix = ""
+        self.deadline = 0.0   # when its latest publish counts as unconfirmed
 
 
 def _failure(future: "asyncio.Future") -> Optional[BaseException]:
@@ -135,7 +136,7 @@ class Producer:
             else:
                 await self._ship_jetstream(stop)
         finally:
-            self.store.flush()
+            self.store.close()
             self.follower.close()
             await connection.close(self.nc)
 
@@ -156,9 +157,11 @@ class Producer:
                 await self._idle(stop)
                 continue
             head = self.window[0]
-            if not await first(asyncio.shield(head.future), stop, ACK_TIMEOUT):
+            if not await self._await_head(head, stop):
                 if stop.is_set():
                     break
+                if time.monotonic() < head.deadline:
+                    continue  # the file changed: publish its new lines first
                 await self._recover(js, stop, asyncio.TimeoutError("no confirmation within %.0fs" % ACK_TIMEOUT))
                 continue
             error = _failure(head.future)
@@ -189,10 +192,26 @@ class Producer:
             self.window.append(sent)
             await self._publish(js, sent)
 
+    async def _await_head(self, head: Sent, stop: asyncio.Event) -> bool:
+        """Wait for the head's confirmation (True), the stop, its deadline or,
+        while the window has room, a change of the file: new lines are then
+        published at once rather than a confirmation's round trip later."""
+        remaining = max(0.0, head.deadline - time.monotonic())
+        if len(self.window) >= self.settings.shipper_max_inflight:
+            return await first(asyncio.shield(head.future), stop, remaining)
+        changed = asyncio.ensure_future(self.follower.wait(remaining))
+        try:
+            await first(asyncio.wait({asyncio.shield(head.future), changed},
+                                     return_when=asyncio.FIRST_COMPLETED), stop, remaining)
+        finally:
+            changed.cancel()
+        return head.future.done()
+
     async def _publish(self, js, sent: Sent) -> None:
         headers = self._headers(sent.chunk, sent.suffix)
         sent.future = await js.publish_async(self.subject, sent.chunk.payload, headers=headers)
         sent.sends += 1
+        sent.deadline = time.monotonic() + ACK_TIMEOUT
 
     def _headers(self, chunk: Chunk, suffix: str = "") -> dict:
         headers = wire.headers(self.host, chunk.position(self.store.origin, self.store.first), chunk.more)
