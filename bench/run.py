@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import shutil
@@ -165,7 +166,10 @@ def main(argv: List[str] = sys.argv[1:]) -> int:
     out.mkdir(exist_ok=True)
     path = out / f"{started:%Y-%m-%dT%H%M%SZ}.md"
     path.write_text(text)
-    print(f"written to {path}", file=sys.stderr)
+    # Every run's figures, for a later look or a report rendered again.
+    path.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine,
+                                                     "results": results}, indent=1) + "\n")
+    print(f"written to {path} (figures: {path.with_suffix('.json').name})", file=sys.stderr)
     failed = sum(1 for per in results.values() for runs in per.values()
                  for r in runs if r is None)
     return 1 if failed else 0
