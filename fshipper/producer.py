@@ -38,7 +38,7 @@ from .config import Settings
 from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
 from .statusfile import StatusFile
-from .util import Backoff, first, sleep
+from .util import Backoff, first, quiet, sleep
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,13 @@ class Producer:
         remaining = max(0.0, head.deadline - time.monotonic())
         if len(self.window) >= self.settings.shipper_max_inflight:
             return await first(asyncio.shield(head.future), stop, remaining)
+        guarded = asyncio.shield(head.future)
         changed = asyncio.ensure_future(self.follower.wait(remaining))
         try:
-            await first(asyncio.wait({asyncio.shield(head.future), changed},
-                                     return_when=asyncio.FIRST_COMPLETED), stop, remaining)
+            await first(asyncio.wait({guarded, changed}, return_when=asyncio.FIRST_COMPLETED), stop, remaining)
         finally:
             changed.cancel()
+            quiet(guarded)  # a failure is read from head.future
         return head.future.done()
 
     async def _publish(self, js, sent: Sent) -> None:

@@ -48,9 +48,21 @@ async def first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) ->
         await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
-    if task.done() and not task.cancelled():
-        task.exception()  # the caller reads the outcome from `aw`; unread, asyncio logs an error
+    quiet(task)  # the caller reads the outcome from `aw`
     return task.done()
+
+
+def quiet(future: "asyncio.Future") -> None:
+    """Mark `future`'s exception as seen, now or when it ends: its outcome is
+    read elsewhere (the future it shields), and asyncio logs an exception
+    nobody retrieved as an error."""
+    def retrieve(f: "asyncio.Future") -> None:
+        if not f.cancelled():
+            f.exception()
+    if future.done():
+        retrieve(future)
+    else:
+        future.add_done_callback(retrieve)
 
 
 async def sleep(delay: float, stop: asyncio.Event) -> None:
