@@ -111,10 +111,10 @@ class PositionStore:
                 return
             self._finish_writing()
         if self._pending is not None and time.monotonic() - self._last_write >= self.min_interval:
-            ref, offset = self._pending
-            self._pending = None
-            if self._saved == (ref.to_dict(), offset):
+            taken = self._take_pending()
+            if taken is None:
                 return
+            ref, offset = taken
             if self._writer is None:
                 self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="position")
             self._writing = self._writer.submit(atomic_write, self.path, self._record(ref, offset))
@@ -141,11 +141,15 @@ class PositionStore:
             if self._saved is None and not os.path.exists(self.path):
                 self._write(None, 0)  # keep the origin even before the first line
             return
+        taken = self._take_pending()
+        if taken is not None:
+            self._write(*taken)
+
+    def _take_pending(self) -> Optional[Tuple[FileRef, int]]:
+        """The pending position, now no longer pending; None if it is the one saved."""
         ref, offset = self._pending
         self._pending = None
-        if self._saved == (ref.to_dict(), offset):
-            return
-        self._write(ref, offset)
+        return None if self._saved == (ref.to_dict(), offset) else (ref, offset)
 
     def _record(self, ref: Optional[FileRef], offset: int) -> bytes:
         data = {"version": 1, "origin": self.origin, "file": ref.to_dict() if ref else None, "offset": offset,
