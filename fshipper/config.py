@@ -196,6 +196,23 @@ def _size(value: str) -> int:
     return size
 
 
+def _group(value: str) -> str:
+    # Part of durable consumer names: a subject token that stays readable.
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError("expected a name of 1 to 32 ASCII letters, digits, '_' or '-'")
+    return value
+
+
+MIN_FAILOVER, MAX_FAILOVER = 2.0, 3600.0
+
+
+def _failover(value: str) -> float:
+    seconds = _duration(value)
+    if seconds and not MIN_FAILOVER <= seconds <= MAX_FAILOVER:
+        raise ValueError(f"expected 0 (off) or a duration from {MIN_FAILOVER:.0f}s to 1h, like 5s")
+    return seconds
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
         if not value.isascii() or value.lower() not in choices:
@@ -235,7 +252,11 @@ OPTIONS: Tuple[Option, ...] = (
            "jetstream (persistent, exactly once) or core (plain NATS, at most once)"),
     Option("SHIPPER_FILE", (P,), _absolute_path, None, "the file to follow", (P,)),
     Option("HOSTNAME", (P,), _host, None, "identity of this host (default: the OS host name)"),
-    Option("SHIPPER_PARTITIONS", (P, A), _whole(0, MAX_PARTITIONS), "0", "number of partitions; 0 = all in p0"),
+    Option("SHIPPER_PARTITIONS", (P, C, A), _whole(0, MAX_PARTITIONS), "0",
+           "number of partitions; 0 = all in p0 (the same on every producer and consumer)"),
+    Option("SHIPPER_PARTITIONS_BEFORE", (C,), _whole(0, MAX_PARTITIONS), None,
+           "while SHIPPER_PARTITIONS is being changed: the old number; a host's lines are also "
+           "accepted on its partition under it"),
     Option("SHIPPER_BATCH_BYTES", (P,), _size, "512K", "most bytes of lines in one message"),
     Option("SHIPPER_MAX_INFLIGHT", (P,), _whole(1, 10000), "4", "messages published and not yet acknowledged"),
     Option("SHIPPER_ROTATE_WAIT", (P,), _duration, "2s",
@@ -244,6 +265,11 @@ OPTIONS: Tuple[Option, ...] = (
            "file to write, strftime pattern; '-%Y%m%d%H%M' appended when it has no '%'", (C,)),
     Option("SHIPPER_DIRECTORY", (C,), _absolute_path, None, "write <dir>/<host>/<SHIPPER_OUTPUT>; unset = one file"),
     Option("SHIPPER_READ_PARTITIONS", (C, A), _partitions, "0", "partitions this consumer serves, e.g. 0,1,2"),
+    Option("SHIPPER_CONSUMER_GROUP", (C, A), _group, None,
+           "name of this consumer group: each group gets every line once (its own durable consumers)"),
+    Option("SHIPPER_FAILOVER_TIMEOUT", (C, A), _failover, "5s",
+           "a partition's owner silent this long loses it to a standby (takeover within 1.5 times "
+           "this plus 1s); 0 = off (one consumer per partition, nothing enforced)"),
     Option("SHIPPER_KEEP_DAYS", (C,), _whole(0), "7", "delete output files older than this many days; 0 = keep all"),
     Option("SHIPPER_FSYNC", (C,), _choice("batch", "off"), "batch",
            "batch: fsync output before each acknowledgement; off: leave it to the kernel"),
@@ -282,12 +308,15 @@ class Settings:
     shipper_file: Optional[str]
     hostname: Optional[str]
     shipper_partitions: int
+    shipper_partitions_before: Optional[int]
     shipper_batch_bytes: int
     shipper_max_inflight: int
     shipper_rotate_wait: float
     shipper_output: Optional[str]
     shipper_directory: Optional[str]
     shipper_read_partitions: Tuple[int, ...]
+    shipper_consumer_group: Optional[str]
+    shipper_failover_timeout: float
     shipper_keep_days: int
     shipper_fsync: str
     shipper_fetch_batch: int
@@ -539,12 +568,30 @@ def load(
                 raise ConfigError(f"{where}: with SHIPPER_DIRECTORY, expected a relative file name without '..'")
         elif not output.startswith("/"):
             raise ConfigError(f"{where}: expected an absolute path (or set SHIPPER_DIRECTORY)")
+    if role in ("consumer", "admin"):
+        _check_partitions(values, sources)
     settings = Settings(role=role, instance=instance, **values)  # type: ignore[arg-type]
     plain = [u for u in settings.nats_url if _scheme(u) == "ws"]
     if plain and settings.tls_required:
         raise ConfigError(f"{sources['NATS_URL']}: NATS_URL={plain[0]!r}: a ws:// connection is never TLS, "
                           "and TLS is asked for (tls://, wss://, NATS_CA or NATS_CERTIFICATE): use wss://")
     return Loaded(settings, sources, warnings, texts)
+
+
+def _check_partitions(values: Dict[str, object], sources: Dict[str, str]) -> None:
+    """A consumer refuses a host on a partition the host does not belong to; so
+    reading a partition no host can be on is a configuration error (most likely
+    SHIPPER_PARTITIONS set for the producers only), not a reason to refuse lines."""
+    counts = [values["shipper_partitions"]]
+    if values["shipper_partitions_before"] is not None:
+        counts.append(values["shipper_partitions_before"])
+    usable = max(max(1, int(n)) for n in counts)  # type: ignore[call-overload]
+    beyond = [n for n in values["shipper_read_partitions"] if n >= usable]  # type: ignore[attr-defined]
+    if beyond:
+        raise ConfigError(
+            f"{sources['SHIPPER_READ_PARTITIONS']}: SHIPPER_READ_PARTITIONS has partition {beyond[0]}, "
+            f"but SHIPPER_PARTITIONS={values['shipper_partitions']} ({sources['SHIPPER_PARTITIONS']}) "
+            f"puts no host there: set SHIPPER_PARTITIONS for producers and consumers alike (fshipper.env)")
 
 
 def require_dependencies(settings: Settings) -> None:

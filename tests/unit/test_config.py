@@ -45,7 +45,7 @@ def test_hostname_defaults_to_the_os_name(tmp_path, monkeypatch):
 
 def test_sizes_durations_and_lists(tmp_path):
     env = {"SHIPPER_BATCH_BYTES": "512K", "SHIPPER_STREAM_MAX_AGE": "12h", "SHIPPER_STREAM_MAX_BYTES": "10G",
-           "SHIPPER_READ_PARTITIONS": "2, 0,1,2"}
+           "SHIPPER_READ_PARTITIONS": "2, 0,1,2", "SHIPPER_PARTITIONS": "3"}
     p = load(tmp_path, files=BASE, environ=env).settings
     assert p.shipper_batch_bytes == 512 * 1024
     c = load(tmp_path, "consumer", environ=env).settings
@@ -193,7 +193,8 @@ def test_units_and_choices_are_ascii_too(tmp_path, key, value):
 
 
 def test_lists_of_partitions_allow_blanks_around_items_and_stay_in_range(tmp_path):
-    c = load(tmp_path, "consumer", BASE, environ={"SHIPPER_READ_PARTITIONS": " 2, 0 , 1,,2 "}).settings
+    c = load(tmp_path, "consumer", BASE, environ={"SHIPPER_READ_PARTITIONS": " 2, 0 , 1,,2 ",
+                                                  "SHIPPER_PARTITIONS": "3"}).settings
     assert c.shipper_read_partitions == (0, 1, 2)
     for bad in ("0,1_0", "0,+1", "0,\u0661", "1000", "-1"):
         with pytest.raises(ConfigError, match="SHIPPER_READ_PARTITIONS"):
