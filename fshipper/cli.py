@@ -216,6 +216,11 @@ async def _setup(settings: config.Settings, args: argparse.Namespace) -> int:
     if nc is None:
         return 1
     try:
+        try:
+            streams.check_server(nc.connected_server_version, settings)
+        except streams.ServerTooOldError as e:
+            sys.stderr.write(f"fshipper: {e}\n")
+            return config.EX_UNAVAILABLE
         js, partitions = nc.jetstream(), streams.setup_partitions(settings)
         if args.dry_run:
             steps = await streams.plan(js, settings, partitions, args.force)

@@ -53,5 +53,6 @@ def consumer(settings: Settings) -> dict:
         f"{JS_API}.CONSUMER.CREATE.{stream}.>",
         f"{JS_API}.CONSUMER.DURABLE.CREATE.{stream}.*",   # servers before 2.9
         f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"{JS_API}.CONSUMER.UNPIN.{stream}.*",   # a graceful stop hands its partition on
         f"$JS.ACK.{stream}.>",
     ], inbox)

@@ -1,4 +1,5 @@
-"""The JetStream side of the contract: one stream, one durable consumer per partition.
+"""The JetStream side of the contract: one stream, one durable consumer per partition
+(per consumer group, SHIPPER_CONSUMER_GROUP).
 
 Both `fshipper setup` and the consumer (at start) call `ensure`: it creates what
 is missing and updates what differs, so running it again changes nothing.
@@ -9,6 +10,12 @@ Anything else with the same name, and any change that would lose messages or
 alter what the stream or a consumer is (subjects, retention, storage, ack
 policy, a shrinking limit), is a conflict: one line, nothing changed, unless
 `force` takes it over. Limits that only grow are applied to fshipper's own.
+
+With SHIPPER_FAILOVER_TIMEOUT (see ownership.py) each partition's consumer has
+the priority group GROUP with the pinned_client policy: the server hands its
+messages to one client at a time. nats-py's ConsumerConfig does not know those
+fields: ConsumerConfig below adds them, and a consumer's configuration is read
+with the plain `$JS.API.CONSUMER.INFO` request, whose JSON carries them.
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ DESCRIPTION_PREFIX = "fshipper:"
 STREAM_FIXED = ("subjects", "retention", "storage", "discard")
 STREAM_LIMITS = {"max_age": 0, "max_bytes": -1, "num_replicas": None, "duplicate_window": None}
 CONSUMER_FIXED = ("filter_subject", "ack_policy", "deliver_policy", "max_deliver")
-CONSUMER_TUNABLE = ("ack_wait", "max_ack_pending", "max_waiting")
+PRIORITY_FIELDS = ("priority_groups", "priority_policy", "priority_timeout")
+CONSUMER_TUNABLE = ("ack_wait", "max_ack_pending", "max_waiting") + PRIORITY_FIELDS
+GROUP = "fshipper"       # the priority group every fshipper consumer pulls in
+# Priority groups (pinned_client) came with nats-server 2.11.
+MIN_SERVER = (2, 11, 0)
 
 
 class ConflictError(Exception):
@@ -51,8 +62,54 @@ class ConflictError(Exception):
         self.lines = lines
 
 
+class ServerTooOldError(Exception):
+    """The server lacks a feature the configuration needs; str() is the one line to log."""
+
+
+@dataclass
+class ConsumerConfig(api.ConsumerConfig):
+    """nats-py's consumer configuration with the priority-group fields of
+    nats-server 2.11 (priority_timeout in seconds here, nanoseconds on the wire)."""
+    priority_groups: Optional[List[str]] = None
+    priority_policy: Optional[str] = None
+    priority_timeout: Optional[float] = None
+
+    @classmethod
+    def from_response(cls, resp: Dict[str, Any]):
+        resp = dict(resp)
+        cls._convert_nanoseconds(resp, "priority_timeout")
+        return super().from_response(resp)
+
+    def as_dict(self) -> Dict[str, object]:
+        result = super().as_dict()
+        if self.priority_timeout is not None:
+            result["priority_timeout"] = self._to_nanoseconds(self.priority_timeout)
+        return result
+
+
 def consumer_name(settings: Settings, number: int) -> str:
-    return f"{settings.stream}_p{number}"
+    group = settings.shipper_consumer_group
+    return f"{settings.stream}_{group}_p{number}" if group else f"{settings.stream}_p{number}"
+
+
+def failover(settings: Settings) -> bool:
+    """Ownership with standbys: JetStream, SHIPPER_FAILOVER_TIMEOUT, and one directory per
+    host (a partition's files and ledger must be its own: see ownership.py)."""
+    return (settings.shipper_mode == "jetstream" and settings.shipper_failover_timeout > 0
+            and bool(settings.shipper_directory))
+
+
+def check_server(server, settings: Settings) -> None:
+    """Failover needs priority groups; an older server would refuse the consumers
+    (or, worse, ignore the fields). `server`: nats-py's connected_server_version,
+    or a (major, minor, patch) tuple."""
+    version = server if isinstance(server, tuple) else (server.major, server.minor, server.patch)
+    if failover(settings) and version < MIN_SERVER:
+        raise ServerTooOldError(
+            f"nats-server {'.'.join(map(str, version))} has no priority groups, which "
+            f"SHIPPER_FAILOVER_TIMEOUT needs (nats-server {'.'.join(map(str, MIN_SERVER))} or later): "
+            "upgrade the servers, or set SHIPPER_FAILOVER_TIMEOUT=0 (one consumer per partition, "
+            "no standby)")
 
 
 def stream_config(settings: Settings) -> api.StreamConfig:
@@ -71,12 +128,14 @@ def stream_config(settings: Settings) -> api.StreamConfig:
     )
 
 
-def consumer_config(settings: Settings, number: int) -> api.ConsumerConfig:
+def consumer_config(settings: Settings, number: int) -> ConsumerConfig:
     name = consumer_name(settings, number)
-    return api.ConsumerConfig(
+    pinned = failover(settings)
+    return ConsumerConfig(
         name=name,
         durable_name=name,
-        description=f"fshipper: partition {number}",
+        description=f"fshipper: partition {number}"
+                    + (f", group {settings.shipper_consumer_group}" if settings.shipper_consumer_group else ""),
         deliver_policy=api.DeliverPolicy.ALL,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT,
@@ -86,6 +145,9 @@ def consumer_config(settings: Settings, number: int) -> api.ConsumerConfig:
         max_waiting=512,
         num_replicas=0,  # inherit the stream's
         metadata=dict(MARKER),
+        priority_groups=[GROUP] if pinned else None,
+        priority_policy="pinned_client" if pinned else None,
+        priority_timeout=settings.shipper_failover_timeout if pinned else None,
     )
 
 
@@ -116,7 +178,7 @@ def _own(config: Any) -> bool:
         (config.description or "").startswith(DESCRIPTION_PREFIX)
 
 
-DURATIONS = ("max_age", "duplicate_window", "ack_wait")
+DURATIONS = ("max_age", "duplicate_window", "ack_wait", "priority_timeout")
 
 
 def _show(value: Any, name: str = "") -> str:
@@ -210,11 +272,15 @@ async def _stream_config(js: JetStreamContext, name: str) -> Optional[api.Stream
         return None
 
 
-async def _consumer_config(js: JetStreamContext, stream: str, name: str) -> Optional[api.ConsumerConfig]:
+async def _consumer_config(js: JetStreamContext, stream: str, name: str) -> Optional[ConsumerConfig]:
+    """The consumer's configuration as the server holds it, priority group included
+    (nats-py's consumer_info drops it)."""
     try:
-        return (await js.consumer_info(stream, name)).config
+        answer = await js._api_request(f"{js._prefix}.CONSUMER.INFO.{stream}.{name}", b"",
+                                       timeout=js._timeout)
     except NotFoundError:
         return None
+    return ConsumerConfig.from_response(answer["config"])
 
 
 async def _overlapping(js: JetStreamContext, subjects: List[str], name: str) -> Optional[str]:

@@ -64,13 +64,19 @@ def test_a_stream_of_an_older_fshipper_is_its_own_and_gets_the_marker():
 
 
 def test_a_consumer_filtering_elsewhere_is_a_conflict():
-    mine = api.ConsumerConfig(durable_name="SHIPPER_p0", description="fshipper: partition 0",
-                              deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT,
-                              ack_wait=10.0, max_deliver=-1, filter_subject="shipper.p0.>",
-                              max_ack_pending=20000, max_waiting=512, metadata={"fshipper": "1"})
+    mine = streams.ConsumerConfig(durable_name="SHIPPER_p0", description="fshipper: partition 0",
+                                  deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT,
+                                  ack_wait=10.0, max_deliver=-1, filter_subject="shipper.p0.>",
+                                  max_ack_pending=20000, max_waiting=512, metadata={"fshipper": "1"})
     assert streams.plan_consumer(mine, mine, False).action == "unchanged"
     assert streams.plan_consumer(mine.evolve(ack_wait=30.0), mine, False).line() == \
         "consumer SHIPPER_p0: updated (ack_wait 30s -> 10s)"
+    pinned = mine.evolve(priority_groups=["fshipper"], priority_policy="pinned_client", priority_timeout=5.0)
+    assert streams.plan_consumer(mine, pinned, False).line() == (
+        "consumer SHIPPER_p0: updated (priority_groups None -> fshipper, priority_policy None -> pinned_client, "
+        "priority_timeout None -> 5s)")
+    assert pinned.as_dict()["priority_timeout"] == 5_000_000_000
+    assert streams.ConsumerConfig.from_response(pinned.as_dict()).priority_timeout == 5.0
     step = streams.plan_consumer(mine.evolve(filter_subject="shipper.>"), mine, False)
     assert step.line() == ("consumer SHIPPER_p0: left alone: filter_subject shipper.> -> shipper.p0.> would change "
                            "what it delivers; `fshipper setup --force` applies it")
