@@ -6,6 +6,10 @@ the length of any file not written before, write and fsync the files, record
 positions and lengths in the ledger, and only then acknowledge. A failure anywhere before the ledger is saved rolls the batch back
 and asks for redelivery after a back-off; the partition waits meanwhile, so no
 later line of a host is written ahead of an earlier one.
+
+With failover (ownership.py) each partition is served by a Consumer of its
+own, with the partition's ledger on the shared storage, and only while it owns
+the partition (its Tenure says when).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import nats.errors
 from nats.aio.msg import Msg
 
-from . import connection, failpoint, streams, trust, wire
+from . import connection, failpoint, ownership, streams, trust, wire
 from .config import EX_CONFIG, Settings
 from .daemon import DaemonError
 from .ledger import DUPLICATE, EARLY, Ledger
+from .ownership import Claim, FencedError
 from .puller import Puller
 from .sink import Sink
 from .statusfile import StatusFile
@@ -60,12 +65,23 @@ class Counters:
 
 class Consumer:
     def __init__(self, settings: Settings, ready: Callable[[], None] = lambda: None,
-                 counters: Optional[Counters] = None) -> None:
+                 counters: Optional[Counters] = None, claim: Optional[Claim] = None,
+                 partition: int = 0, max_open: int = 0) -> None:
         self.settings = settings
         self.ready = ready
-        self.sink = Sink(settings.shipper_output, settings.shipper_directory, settings.shipper_max_open_files,
-                         settings.shipper_fsync == "batch", settings.shipper_keep_days)
-        self.ledger = Ledger(settings.shipper_state_dir, settings.name)
+        fence = claim.check if claim else None
+        self.sink = Sink(settings.shipper_output, settings.shipper_directory,
+                         max_open or settings.shipper_max_open_files,
+                         settings.shipper_fsync == "batch", settings.shipper_keep_days, fence)
+        if claim is None:
+            self.ledger = Ledger(settings.shipper_state_dir, settings.name)
+        else:
+            self.ledger = ownership.partition_ledger(settings, partition, fence)
+        # With a claim: writes only while it owns the partition. Without: serves
+        # its partitions alone, or (failover) through one such Consumer each.
+        self.tenure = ownership.Tenure(self, claim, partition) if claim else None
+        self.owners: List[Consumer] = []
+        self.partitions = ownership.partition_counts(settings)  # a host's count, now and before
         self.counters = counters or Counters()
         self.refusals = self.counters.refusals
         self._tally = [0, 0, 0]  # messages, bytes, lines written and not yet committed
@@ -83,7 +99,10 @@ class Consumer:
     def open_state(self) -> None:
         """Load the ledger and cut every file back to what it records."""
         self.ledger.load(self._recorded_file)
-        self.sink.restore(self.ledger.files)
+        files = self.ledger.files
+        if self.tenure is not None:
+            files = ownership.last_written_here(self.ledger, files)
+        self.sink.restore(files)
         self.sink.reserve_descriptors()
         self._check_output_directory()
         self.bounds.recount(self.sink.hosts, self.ledger.hosts())
@@ -114,7 +133,11 @@ class Consumer:
             raise DaemonError(output_problem(self.settings, directory, e), EX_CONFIG) from None
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.open_state()
+        if ownership.enabled(self.settings):
+            self._check_output_directory()
+            self.owners = ownership.partition_consumers(self)
+        else:
+            self.open_state()
         self.status.write()
         self.ready()
         try:
@@ -125,14 +148,24 @@ class Consumer:
                 return
             self.nc = connecting.result()
             if self.jetstream:
+                try:
+                    streams.check_server(self.nc.connected_server_version, self.settings)
+                except streams.ServerTooOldError as e:
+                    raise DaemonError(str(e), 69) from None
                 await self._ensure_streams(self.nc.jetstream(), stop)
+            if self.owners:
+                for owner in self.owners:
+                    owner.nc = self.nc
+                serve = [o._serve(n, stop) for o, n in zip(self.owners, self.settings.shipper_read_partitions)]
+            elif self.jetstream:
                 serve = [self._serve(n, stop) for n in self.settings.shipper_read_partitions]
             else:
                 serve = [self._serve_core(n, stop) for n in self.settings.shipper_read_partitions]
             await asyncio.gather(*serve)
         finally:
-            self.sink.close()
-            self.ledger.close()
+            for consumer in [self] + self.owners:
+                consumer.sink.close()
+                consumer.ledger.close()
             await connection.close(self.nc)
             c = self.counters
             log.info("stopped: %d messages, %d bytes written, %d duplicates skipped, %d refused, %d gaps, "
@@ -158,22 +191,29 @@ class Consumer:
 
     async def _serve(self, number: int, stop: asyncio.Event) -> None:
         name = streams.consumer_name(self.settings, number)
+        tenure = self.tenure
         puller = Puller(self.nc, self.settings.stream, name, self.settings.shipper_fetch_batch,
-                        FETCH_BYTES, FETCH_WAIT)
+                        FETCH_BYTES, tenure.fetch_wait(FETCH_WAIT) if tenure else FETCH_WAIT,
+                        tenure.claim if tenure else None)
+        if tenure:
+            await tenure.reclaim(name)
         await puller.start()
-        log.info("partition %d: consuming %s", number, name)
+        log.info("partition %d: consuming %s%s", number, name,
+                 " (writing only while it owns the partition)" if tenure else "")
         backoff = Backoff(first=0.5, cap=30.0)
         try:
             while not stop.is_set():
                 try:
                     msgs = await puller.fetch(self._commit_due() if self._uncommitted else None)
                 except nats.errors.TimeoutError:
-                    if self._uncommitted:  # quiet now: commit what was gathered
+                    owning = await self._owning()
+                    if owning and self._uncommitted:  # quiet now: commit what was gathered
                         delay = await self._commit_or_fail(number, backoff)
                         if delay:
                             await sleep(delay, stop)
                         continue
-                    self._housekeeping()
+                    if owning:
+                        self._housekeeping()
                     await self._recheck(number)
                     continue
                 except (nats.errors.Error, OSError) as e:
@@ -181,6 +221,9 @@ class Consumer:
                     log.warning("partition %d: fetch failed (%s); retry in %.1fs",
                                 number, str(e) or type(e).__name__, delay)
                     await sleep(delay, stop)
+                    continue
+                if not await self._owning():
+                    await tenure.give_back(msgs)
                     continue
                 delay = await self._handle(number, msgs, backoff, more=puller.busy())
                 if delay:
@@ -190,10 +233,16 @@ class Consumer:
                         await _reply(msg.nak(delay=delay))
                 self._housekeeping()
         finally:
-            if self._uncommitted:
+            if self._uncommitted and await self._owning():
                 await self._commit_or_fail(number, backoff)
             for msg in await puller.stop():  # arrived, not written: at once to the next consumer
                 await _reply(msg.nak())
+            if tenure:
+                await tenure.release(name)
+
+    async def _owning(self) -> bool:
+        """May this Consumer write its partition now? Always without a claim."""
+        return self.tenure is None or await self.tenure.owning()
 
     async def _serve_core(self, number: int, stop: asyncio.Event) -> None:
         """Plain NATS, at most once (the original design): no acks, no redelivery."""
@@ -228,6 +277,8 @@ class Consumer:
             log.warning("partition %d: cannot check stream %s: %s", number, self.settings.stream, e)
 
     def _housekeeping(self) -> None:
+        if self.tenure is not None and not self.tenure.loaded():
+            return  # a standby deletes nothing either
         now = time.time()
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY
@@ -277,6 +328,9 @@ class Consumer:
             self.sink.write()
         except OSError as e:
             return await self._fail(number, e, acks + [m for m, _ in early], refused, backoff)
+        except FencedError:
+            await self.tenure.lapsed(number, msgs)
+            return 0.0
         if acks and not self._uncommitted:
             self._gathered_since = time.monotonic()
         self._uncommitted += [m.reply for m in acks]
@@ -300,6 +354,9 @@ class Consumer:
             await self._commit()
         except OSError as e:
             return await self._fail(number, e, [], [], backoff)
+        except FencedError:
+            await self.tenure.lapsed(number, [])
+            return 0.0
         if backoff.attempt:
             log.info("partition %d: writing again", number)
             self.status.problem(paused(number), None)
@@ -312,6 +369,10 @@ class Consumer:
         lengths = self.sink.sync()
         failpoint.reach("consumer-commit")
         self.ledger.commit(lengths)
+        if self.tenure is not None:
+            # The journal line was begun under the lease; if it ended after, a new
+            # owner may have loaded the ledger without it: acknowledge nothing.
+            self.tenure.claim.check()
         log.debug("committed %d message(s) in %d file(s) in %.0f ms",
                   len(self._uncommitted), len(lengths), (time.monotonic() - started) * 1000)
         self.sink.confirm(lengths)
@@ -327,6 +388,8 @@ class Consumer:
     async def _fail(self, number: int, error: OSError, msgs: List[Msg], refused: List[Msg],
                     backoff: Backoff) -> float:
         """Undo everything not committed; ask for it again after a back-off."""
+        if self.tenure is not None and not self.tenure.claim.writable():
+            self.tenure.forget()  # cutting files back is for the owner (the next one does it)
         self.sink.rollback()
         self.ledger.rollback()
         replies, self._uncommitted = self._uncommitted + [m.reply for m in msgs], []
@@ -352,7 +415,9 @@ class Consumer:
         parsed = wire.parse_subject(self.settings.shipper_subject, msg.subject)
         if parsed is None or (self.settings.shipper_directory and not safe_host(parsed[1])):
             return self._refuse(msg.subject, "the host name is not a safe directory name", "host name")
-        host = parsed[1]
+        number, host = parsed
+        if number not in {wire.partition(host, n) for n in self.partitions}:
+            return self._refuse(msg.subject, ownership.misplaced(self.settings, host, number), "partition")
         try:
             pos, more = wire.read_headers(msg.headers)
         except wire.HeaderError as e:
@@ -374,6 +439,8 @@ class Consumer:
             self._tally[2] += payload.count(b"\n") + len(tail)
             return len(payload) + len(tail)
         verdict, skip = self.ledger.check(host, pos)
+        if verdict == EARLY and self.tenure is not None and self.tenure.moved_here(host, pos.origin):
+            verdict, skip = self.ledger.check(host, pos)
         key = f"{host} {pos.origin}"
         if verdict == DUPLICATE:
             self.counters.duplicates += 1
@@ -451,7 +518,8 @@ def _samples(consumer: "Consumer") -> list:
         ("fshipper_consumer_write_errors", "counter", "batches that could not be written (then paused)",
          c.write_errors),
         ("fshipper_consumer_paused_partitions", "gauge", "partitions paused as they cannot write", paused_now),
-        ("fshipper_consumer_open_files", "gauge", "output files open", consumer.sink.open_count()),
+        ("fshipper_consumer_open_files", "gauge", "output files open",
+         sum(c.sink.open_count() for c in [consumer] + consumer.owners)),
         ("fshipper_consumer_last_commit_timestamp_seconds", "gauge",
          "when lines were last made durable and acknowledged (Unix time; 0 never)", c.last_commit),
         ("fshipper_consumer_nats_connected", "gauge", "1 while connected to a NATS server",

@@ -20,6 +20,11 @@ thing written of it is a part of a line (`Fshipper-Part: more`): only the rest
 of that line may follow it in the host's file. Both files are bounded: origins
 per host are capped by the consumer, output files are forgotten when expiry
 removes them, producers silent for FORGET_AFTER are forgotten.
+
+Loading starts a new journal file (a new inode, not the old one emptied): a
+previous owner of the ledger that still has the old journal open (a frozen
+process, see ownership.py) can only append to a file nobody reads any more.
+With a `fence`, nothing is written to the ledger unless it passes.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ class LedgerError(Exception):
 
 
 class Ledger:
-    def __init__(self, state_dir: str, name: str) -> None:
+    def __init__(self, state_dir: str, name: str, fence: Optional[Callable[[], None]] = None) -> None:
         self.path = os.path.join(state_dir, f"{name}.ledger")
+        self.fence = fence  # raises when this process may not write the ledger now
         self.journal_path = os.path.join(state_dir, f"{name}.journal")
         self.sources: Dict[str, list] = {}   # "host origin" -> [gen, end, unix time(, 1 if mid-line)]
         self.files: Dict[str, int] = {}      # output path -> complete length
@@ -62,6 +68,16 @@ class Ledger:
         (or that `existing_file` refuses: outside the output directory); start a
         fresh journal."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.read()
+        now = time.time()
+        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
+        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
+        self._index()
+        self._fold(new_journal=True)
+
+    def read(self) -> None:
+        """Read snapshot and journal, changing nothing on disk (also another
+        partition's ledger, to learn where a host's producer was when it moved)."""
         try:
             with open(self.path, "rb") as f:
                 data = json.loads(f.read())
@@ -73,11 +89,6 @@ class Ledger:
             raise LedgerError(f"{self.path}: unreadable ledger ({e}); move it away to start over "
                               "(unacknowledged lines may then be written twice; see the README)") from None
         self._replay()
-        now = time.time()
-        self.sources = {k: v for k, v in self.sources.items() if now - v[2] < FORGET_AFTER}
-        self.files = {p: n for p, n in self.files.items() if existing_file(p)}
-        self._index()
-        self._fold()
 
     def _replay(self) -> None:
         try:
@@ -125,6 +136,11 @@ class Ledger:
         """[gen, end, time] of what was last written of `origin`, None if unknown."""
         key = f"{host} {origin}"
         return self._pending.get(key) or self.sources.get(key)
+
+    def adopt(self, host: str, origin: str, last: list) -> None:
+        """Take over what another ledger recorded of a producer (recorded at the next commit)."""
+        self._pending[f"{host} {origin}"] = list(last)
+        self._origins.setdefault(host, set()).add(origin)
 
     def advance(self, host: str, pos: Position, more: bool = False) -> None:
         record = [pos.gen, pos.end, int(time.time())]
@@ -180,6 +196,8 @@ class Ledger:
     def _append(self, entry: dict) -> None:
         """One journal line, synced; on failure the journal is as before (and it raises)."""
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        if self.fence:
+            self.fence()
         self._open_journal()
         try:
             written = os.write(self._journal, line)
@@ -216,10 +234,24 @@ class Ledger:
             del self.files[path]
         self._fold_if_large()
 
-    def _fold(self) -> None:
-        """Write the snapshot, then empty the journal (a crash between is harmless)."""
+    def _snapshot(self) -> bytes:
         data = {"version": 1, "sources": self.sources, "files": self.files}
-        atomic_write(self.path, json.dumps(data, separators=(",", ":")).encode())
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def carry_over(self, sources: Dict[str, list], files: Dict[str, int]) -> None:
+        """Start this ledger with what another one held (a migration): its snapshot,
+        written atomically, and no journal."""
+        self.sources, self.files = sources, files
+        atomic_write(self.path, self._snapshot())
+
+    def _fold(self, new_journal: bool = False) -> None:
+        """Write the snapshot, then empty the journal (a crash between is harmless)."""
+        if self.fence:
+            self.fence()
+        atomic_write(self.path, self._snapshot())
+        if new_journal:
+            self.close()
+            atomic_write(self.journal_path, b"")
         self._open_journal()
         os.ftruncate(self._journal, 0)
         os.fsync(self._journal)

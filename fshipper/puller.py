@@ -7,6 +7,12 @@ inbox of its own, and hands out whatever has arrived as soon as anything has.
 The next request is sent as soon as the open one is used up, so the server
 fills it while the caller writes. Only public nats-py calls and the documented
 JetStream API subject are used.
+
+With a claim (ownership.Claim) the requests pull in the partition's priority
+group with this client's pin, each on a reply subject of its own so that the
+server's answer to one request (408 ended, 423 another client is pinned) is
+known to be about that request; messages not delivered under the pin are
+dropped here, never handed out.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import json
 import time
 from typing import Deque, List, Optional
 
+from .ownership import Claim
+
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -26,8 +34,12 @@ HEARTBEAT = "100"
 
 
 class Puller:
-    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, max_bytes: int, wait: float) -> None:
+    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, max_bytes: int, wait: float,
+                 claim: Optional[Claim] = None) -> None:
         self.nc = nc
+        self.claim = claim
+        self.inbox = ""
+        self.requests = 0
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.batch = batch
         self.max_bytes = max_bytes
@@ -43,7 +55,8 @@ class Puller:
     async def start(self) -> None:
         # A callback only queues: cheaper per message than next_msg(), which
         # makes a task and a timer for each one.
-        self.sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._arrive,
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._arrive,
                                            pending_msgs_limit=0, pending_bytes_limit=0)
 
     async def _arrive(self, msg: Msg) -> None:
@@ -81,12 +94,22 @@ class Puller:
         return (any(_status(m) is None for m in self.arrived) or self.waiting > 0
                 or (self._open() and self.owed < self.batch))
 
+    def _reply(self) -> str:
+        return f"{self.inbox}.{self.requests}"
+
     def _open(self) -> bool:
         return self.owed > 0 and self.bytes_owed > 0 and time.monotonic() < self.expires_at
 
     async def _request(self) -> None:
         request = {"batch": self.batch, "max_bytes": self.max_bytes, "expires": int(self.wait * 1e9)}
-        await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.sub.subject)
+        if self.claim is not None and self.requests and (self.owed <= 0 or self.bytes_owed <= 0):
+            self.claim.served()  # the open request was used up: it brings nothing more
+        self.requests += 1
+        reply = self._reply()
+        if self.claim is not None:
+            request.update(self.claim.fields())
+            self.claim.sent(reply)
+        await self.nc.publish(self.subject, json.dumps(request).encode(), reply=reply)
         self.owed, self.bytes_owed = self.batch, self.max_bytes
         self.expires_at = time.monotonic() + self.wait
 
@@ -123,9 +146,15 @@ class Puller:
             if status is None:
                 self.owed -= 1
                 self.bytes_owed -= len(msg.data) + len(msg.subject)
-                msgs.append(msg)
+                if self.claim is None or self.claim.delivered(msg):
+                    msgs.append(msg)
             elif status != HEARTBEAT:
-                self.owed = 0  # 404/408 (request ended), 409 (conflict): the request is closed
+                # 404/408 (request ended), 409 (conflict), 423 (another client is
+                # pinned): that request is closed (if it is the open one)
+                if msg.subject == self._reply():
+                    self.owed = 0
+                if self.claim is not None:
+                    self.claim.status(msg.subject, status)
         if msgs:
             try:
                 self.waiting = msgs[-1].metadata.num_pending

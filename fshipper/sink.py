@@ -25,7 +25,7 @@ import re
 import resource
 import stat
 import time
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .util import fsync_directory
 from .wire import safe_host
@@ -57,8 +57,9 @@ def pattern_glob(pattern: str) -> str:
 
 class Sink:
     def __init__(self, output: str, directory: Optional[str], max_open: int,
-                 fsync: bool, keep_days: int) -> None:
+                 fsync: bool, keep_days: int, fence: Optional[Callable[[], None]] = None) -> None:
         self.output = output
+        self.fence = fence  # raises when this process may not write now (ownership.py)
         self.directory = directory
         self.max_open = max_open
         self.fsync = fsync
@@ -136,10 +137,13 @@ class Sink:
         """
         items = list(self._pending.items())
         step = max(1, self.max_open // 2)  # all of a group's files stay open together
+        write = self._write_some if self.fence is None else self._write_fenced
         for i in range(0, len(items), step):
+            if self.fence:
+                self.fence()
             jobs = [(path, self._open(path), parts) for path, parts in items[i:i + step]]
             self._touched.update(path for path, _, _ in jobs)
-            self._parallel(self._write_some, jobs)
+            self._parallel(write, jobs)
         self._pending.clear()
 
     def sync(self) -> Dict[str, int]:
@@ -179,6 +183,14 @@ class Sink:
                     while rest:
                         rest = rest[os.write(fd, rest):]
 
+    def _write_fenced(self, jobs: List[Tuple[str, int, List[bytes]]]) -> None:
+        """The fence checked right before each file's writes, in the thread doing them:
+        a process frozen in between and woken after it lost the partition writes
+        nothing more than the file it was in the middle of."""
+        for job in jobs:
+            self.fence()
+            self._write_some([job])
+
     def _sync_some(self, paths: List[str]) -> Dict[str, int]:
         lengths = {}
         for path in paths:
@@ -211,6 +223,16 @@ class Sink:
             if path in self.lengths:  # else it was never opened: nothing written
                 self._cut(path, self.lengths[path])
         self._touched.clear()
+
+    def forget(self) -> None:
+        """Close everything and forget every length, touching no file (another
+        process may be writing these files now)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+        self.lengths.clear()
+        self._pending.clear()
+        self._touched.clear()
+        self._created.clear()
 
     def restore(self, lengths: Dict[str, int]) -> None:
         """At start: files longer than recorded hold unacknowledged data; cut it.

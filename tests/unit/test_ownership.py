@@ -1,0 +1,300 @@
+"""The ownership rules that need no server: the lease a pin gives, the settings,
+the consumer configuration with its priority group, and the partition check."""
+
+import time
+
+import pytest
+from nats.aio.client import ServerVersion
+from nats.aio.msg import Msg
+
+from fshipper import config, streams, wire
+from fshipper.config import ConfigError
+from fshipper.consumer import Consumer
+from fshipper.ownership import PIN_HEADER, Claim, FencedError
+
+T = 5.0          # SHIPPER_FAILOVER_TIMEOUT
+G = T / 2        # the guard
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def message(pin=None, subject="shipper.p0.web1") -> Msg:
+    return Msg(None, subject=subject, reply="", data=b"x", headers={PIN_HEADER: pin} if pin else None)
+
+
+def test_a_new_pin_writes_only_after_the_guard_and_within_its_lease():
+    clock = Clock()
+    claim = Claim(T, clock)
+    assert claim.fields() == {"group": streams.GROUP} and not claim.writable()
+    claim.sent("r.1")
+    clock.now += 0.01
+    assert claim.delivered(message("pinA"))
+    assert claim.pin == "pinA" and claim.fields() == {"group": streams.GROUP, "id": "pinA"}
+    assert not claim.writable()                  # the guard: an earlier owner's lease may run
+    clock.now += 0.5
+    claim.sent("r.2")                            # the next request carries the pin ...
+    clock.now += 1.0
+    claim.status("r.2", "408")                   # ... and the server took it: the lease is renewed
+    assert claim.until == pytest.approx(100.51 + G)
+    assert not claim.writable()                  # still within the guard
+    clock.now = 100.01 + G
+    assert claim.writable() and claim.waiting() == 0
+    clock.now = 100.51 + G                       # no request proven since: the lease has run out
+    assert not claim.writable()
+    with pytest.raises(FencedError):
+        claim.check()
+
+
+def test_messages_renew_the_lease_from_the_oldest_request_still_open():
+    clock = Clock()
+    claim = Claim(T, clock)
+    claim.sent("r.1")
+    claim.delivered(message("pinA"))
+    clock.now += G
+    claim.sent("r.2")            # still open: it may deliver long after it was sent
+    clock.now += 0.5
+    claim.served()               # r.1 and r.2 were used up
+    claim.sent("r.3")
+    clock.now += 0.1
+    claim.delivered(message("pinA"))
+    assert claim.until == pytest.approx(100 + G + 0.5 + G)
+    assert claim.writable()
+
+
+def test_423_or_another_pin_ends_the_tenure():
+    clock = Clock()
+    claim = Claim(T, clock)
+    claim.sent("r.1")
+    claim.delivered(message("pinA"))
+    epoch = claim.epoch
+    clock.now += G
+    claim.sent("r.2")
+    claim.status("r.2", "408")
+    claim.sent("r.3")
+    assert claim.writable()
+    claim.status("r.3", "423")   # the server pinned another client
+    assert claim.pin is None and claim.epoch != epoch and not claim.writable()
+    assert claim.fields() == {"group": streams.GROUP}
+    claim.sent("r.4")
+    claim.delivered(message("pinB"))
+    assert claim.pin == "pinB" and not claim.writable()   # a new guard
+
+
+def test_a_request_sent_without_the_pin_proves_nothing():
+    clock = Clock()
+    claim = Claim(T, clock)
+    claim.sent("r.1")            # no pin yet
+    claim.delivered(message("pinA"))
+    clock.now += G
+    claim.status("r.1", "408")
+    assert claim.until == pytest.approx(100 + G) and not claim.writable()
+
+
+def test_a_message_without_a_pin_is_dropped():
+    claim = Claim(T, Clock())
+    assert not claim.delivered(message(None))
+    assert claim.pin is None
+
+
+BASE = {"fshipper.env": "NATS_URL=nats://n1:4222\nSHIPPER_SUBJECT=shipper\n",
+        "consumer.env": "SHIPPER_OUTPUT=app.log.%Y%m%d\nSHIPPER_DIRECTORY=/srv/out\n"}
+
+
+def load(tmp_path, environ=None, role="consumer"):
+    for name, text in BASE.items():
+        (tmp_path / name).write_text(text)
+    return config.load(role, None, str(tmp_path), environ or {}).settings
+
+
+def test_failover_settings(tmp_path):
+    s = load(tmp_path)
+    assert s.shipper_failover_timeout == 5 and s.shipper_consumer_group is None
+    assert streams.failover(s)
+    assert load(tmp_path, {"SHIPPER_FAILOVER_TIMEOUT": "0"}).shipper_failover_timeout == 0
+    for bad in ("1s", "2h", "x"):
+        with pytest.raises(ConfigError, match="SHIPPER_FAILOVER_TIMEOUT"):
+            load(tmp_path, {"SHIPPER_FAILOVER_TIMEOUT": bad})
+    for bad in ("a.b", "a b", "x" * 33, "é"):
+        with pytest.raises(ConfigError, match="SHIPPER_CONSUMER_GROUP"):
+            load(tmp_path, {"SHIPPER_CONSUMER_GROUP": bad})
+
+
+def test_reading_a_partition_no_host_is_on_is_a_configuration_error(tmp_path):
+    with pytest.raises(ConfigError, match="SHIPPER_READ_PARTITIONS has partition 2.*SHIPPER_PARTITIONS=0"):
+        load(tmp_path, {"SHIPPER_READ_PARTITIONS": "0,2"})
+    with pytest.raises(ConfigError, match="partition 4"):
+        load(tmp_path, {"SHIPPER_READ_PARTITIONS": "4", "SHIPPER_PARTITIONS": "4"})
+    assert load(tmp_path, {"SHIPPER_READ_PARTITIONS": "5", "SHIPPER_PARTITIONS": "4",
+                           "SHIPPER_PARTITIONS_BEFORE": "8"}).shipper_partitions_before == 8
+
+
+def test_consumer_names_and_the_priority_group(tmp_path):
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "4"})
+    c = streams.consumer_config(s, 3)
+    assert c.durable_name == c.name == "SHIPPER_p3" and c.filter_subject == "shipper.p3.>"
+    assert c.priority_groups == [streams.GROUP] and c.priority_policy == "pinned_client"
+    assert c.as_dict()["priority_timeout"] == 5_000_000_000
+    grouped = load(tmp_path, {"SHIPPER_CONSUMER_GROUP": "site-b", "SHIPPER_FAILOVER_TIMEOUT": "0"})
+    plain = streams.consumer_config(grouped, 0)
+    assert plain.durable_name == "SHIPPER_site-b_p0" and "priority_groups" not in plain.as_dict()
+    assert streams.plan_consumer(c, c, False).action == "unchanged"
+    off = streams.plan_consumer(plain.evolve(priority_groups=["fshipper"]), plain, False)
+    assert off.action == "updated" and off.changes == ["priority_groups fshipper -> None"]   # turned off
+    assert streams.plan_consumer(c.evolve(priority_groups=None, priority_policy=None, priority_timeout=None),
+                                 c, False).action == "updated"                            # turned on
+
+
+def test_an_old_server_is_one_clear_line(tmp_path):
+    s = load(tmp_path)
+    streams.check_server((2, 11, 0), s)
+    with pytest.raises(streams.ServerTooOldError, match=r"nats-server 2\.10\.7 has no priority groups.*2\.11\.0"):
+        streams.check_server((2, 10, 7), s)
+    streams.check_server((2, 10, 7), load(tmp_path, {"SHIPPER_FAILOVER_TIMEOUT": "0"}))
+    streams.check_server(ServerVersion("2.15.1"), s)             # as nats-py reports it
+    with pytest.raises(streams.ServerTooOldError):
+        streams.check_server(ServerVersion("2.10.22"), s)
+
+
+def host_on(partition: int, partitions: int) -> str:
+    return next(h for h in (f"web{n}.example.net" for n in range(1000)) if wire.partition(h, partitions) == partition)
+
+
+def test_a_host_on_another_partition_than_its_own_is_refused(tmp_path):
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "2", "SHIPPER_READ_PARTITIONS": "0,1",
+                        "SHIPPER_DIRECTORY": str(tmp_path / "out"), "SHIPPER_STATE_DIR": str(tmp_path / "state")})
+    consumer = Consumer(s)
+    p0 = host_on(0, 2)
+    stored = f"$JS.ACK.SHIPPER.SHIPPER_p1.1.1.1.{time.time_ns()}.0"
+    wrong = Msg(None, subject=f"shipper.p1.{p0}", reply=stored, data=b"x")
+    assert consumer._decide(wrong) is None
+    assert consumer.refusals.by_reason == {"partition": 1} and consumer.refusals.total == 1
+    right = Msg(None, subject=f"shipper.p0.{p0}", reply=stored, data=b"x")
+    assert consumer._decide(right) == 2
+
+
+def test_while_resharding_the_old_partition_is_accepted_too(tmp_path):
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "4", "SHIPPER_PARTITIONS_BEFORE": "2",
+                        "SHIPPER_READ_PARTITIONS": "0,1,2,3", "SHIPPER_DIRECTORY": str(tmp_path / "out"),
+                        "SHIPPER_STATE_DIR": str(tmp_path / "state")})
+    consumer = Consumer(s)
+    host = next(h for h in (f"web{n}.example.net" for n in range(1000))
+                if wire.partition(h, 4) != wire.partition(h, 2))
+    stored = f"$JS.ACK.SHIPPER.SHIPPER_p1.1.1.1.{time.time_ns()}.0"
+    for n in (2, 4):
+        msg = Msg(None, subject=wire.subject("shipper", host, n), reply=stored, data=b"x")
+        assert consumer._decide(msg) == 2
+    others = set(range(4)) - {wire.partition(host, 4), wire.partition(host, 2)}
+    msg = Msg(None, subject=f"shipper.p{min(others)}.{host}", reply=stored, data=b"x")
+    assert consumer._decide(msg) is None and consumer.refusals.by_reason == {"partition": 1}
+
+
+def test_while_resharding_a_moved_producer_goes_on_from_its_old_partitions_ledger(tmp_path):
+    from fshipper.ledger import Ledger
+    from fshipper.ownership import ledger_directory
+
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "4", "SHIPPER_PARTITIONS_BEFORE": "2",
+                        "SHIPPER_READ_PARTITIONS": "0,1,2,3", "SHIPPER_DIRECTORY": str(tmp_path / "out"),
+                        "SHIPPER_STATE_DIR": str(tmp_path / "state")})
+    host = next(h for h in (f"web{n}.example.net" for n in range(1000))
+                if wire.partition(h, 4) != wire.partition(h, 2))
+    old, new = wire.partition(host, 2), wire.partition(host, 4)
+    before = Ledger(ledger_directory(s), streams.consumer_name(s, old))
+    before.load()
+    before.advance(host, wire.Position("origin-1", 0, 0, 100, first=(0, 0)))
+    before.commit({})
+    before.close()
+    consumer = Consumer(s, claim=Claim(T), partition=new)
+    stored = f"$JS.ACK.SHIPPER.SHIPPER_p{new}.1.1.1.{time.time_ns()}.0"
+    pos = wire.Position("origin-1", 0, 100, 110, first=(0, 0))
+    msg = Msg(None, subject=wire.subject("shipper", host, 4), reply=stored, data=b"123456789",
+              headers=wire.headers(host, pos, False))
+    assert consumer._decide(msg) == 10          # written: it continues where the old partition ended
+    unknown = wire.Position("origin-2", 0, 100, 110, first=(0, 0))
+    msg = Msg(None, subject=wire.subject("shipper", host, 4), reply=stored, data=b"123456789",
+              headers=wire.headers(host, unknown, False))
+    assert isinstance(consumer._decide(msg), float)   # no record anywhere: waits for its chain's start
+
+
+def test_a_file_another_partition_recorded_as_long_or_longer_is_not_cut(tmp_path):
+    from fshipper.ledger import Ledger
+    from fshipper.ownership import last_written_here
+
+    d = str(tmp_path)
+    mine, theirs = Ledger(d, "SHIPPER_p0"), Ledger(d, "SHIPPER_p1")
+    for ledger in (mine, theirs):
+        ledger.load()
+    mine.commit({"/out/a/f": 100, "/out/moved/f": 100, "/out/moved-back/f": 300})
+    theirs.commit({"/out/moved/f": 100, "/out/moved-back/f": 200, "/out/other/f": 50})
+    assert last_written_here(mine, mine.files) == {"/out/a/f": 100, "/out/moved-back/f": 300}
+
+
+class Client:
+    """What a consumer publishes on (acknowledgements, naks), recorded."""
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    async def publish(self, subject, payload=b"", reply="", headers=None):
+        self.sent.append((subject, payload))
+
+
+def pinned(claim: Claim, clock: Clock, pin: str) -> None:
+    """Make `claim` the writable owner under `pin` (guard passed, lease fresh)."""
+    claim.sent("r.1")
+    claim.delivered(message(pin))
+    clock.now += 0.5
+    claim.sent("r.2")
+    clock.now += G - 0.25
+    claim.status("r.2", "408")
+    assert claim.writable()
+
+
+def test_an_owner_that_lost_its_lease_writes_and_acknowledges_nothing_and_cuts_nothing(tmp_path):
+    import asyncio
+
+    from fshipper.util import Backoff
+
+    s = load(tmp_path, {"SHIPPER_DIRECTORY": str(tmp_path / "out"), "SHIPPER_STATE_DIR": str(tmp_path / "state")})
+    host = "web1.example.net"
+    clock = Clock()
+    old = Consumer(s, claim=Claim(T, clock), partition=0)
+    old.nc = Client()
+    loop = asyncio.new_event_loop()
+    offset = [0]
+
+    def msg(n: int, pin: str) -> Msg:
+        data = b"line %d" % n
+        pos = wire.Position("o", 0, offset[0], offset[0] + len(data) + 1, first=(0, 0))
+        offset[0] = pos.end
+        headers = dict(wire.headers(host, pos, False), **{PIN_HEADER: pin})
+        return Msg(old.nc, subject=wire.subject("shipper", host, 0), data=data, headers=headers,
+                   reply=f"$JS.ACK.SHIPPER.SHIPPER_p0.1.{n}.{n}.{time.time_ns()}.0")
+
+    pinned(old.tenure.claim, clock, "pinA")
+    assert loop.run_until_complete(old._owning())
+    loop.run_until_complete(old._handle(0, [msg(1, "pinA")], Backoff()))          # written and committed
+    path = next((tmp_path / "out" / host).glob("app.log.*"))
+    assert path.read_bytes() == b"line 1\n" and old.nc.sent[-1][1] == b""
+    loop.run_until_complete(old._handle(0, [msg(2, "pinA")], Backoff(), more=True))   # written, not yet
+    assert path.read_bytes() == b"line 1\nline 2\n"
+
+    clock.now += G          # frozen: the lease ran out; another process owns the partition now
+    new = Consumer(s, claim=Claim(T, clock), partition=0)
+    new.nc = Client()
+    pinned(new.tenure.claim, clock, "pinB")
+    assert loop.run_until_complete(new._owning())
+    assert path.read_bytes() == b"line 1\n"              # the new owner cut what was never recorded
+
+    acks = len(old.nc.sent)
+    loop.run_until_complete(old._commit_or_fail(0, Backoff()))   # the old one wakes up and commits
+    assert [p for _, p in old.nc.sent[acks:]] == [b"-NAK"]       # nothing acknowledged: given back
+    loop.run_until_complete(old._handle(0, [msg(3, "pinA")], Backoff()))
+    assert path.read_bytes() == b"line 1\n"              # nothing written
+    assert not old.tenure.loaded() and not loop.run_until_complete(old._owning())
+    loop.close()
