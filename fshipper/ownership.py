@@ -67,6 +67,7 @@ WRONG_PIN = "423"
 # expired. (Some 409s are sent before the pin is checked: they prove nothing.)
 ENDED = ("408",)
 LEDGER_DIRECTORY = ".fshipper"
+MAX_OPEN_REQUESTS = 1024
 
 
 class FencedError(Exception):
@@ -184,7 +185,8 @@ class Claim:
         self.epoch = 0              # changes whenever the pin does (or is lost)
         self.since = 0.0            # when the first message under this pin arrived
         self.until = 0.0            # writing is safe before this
-        self._requests: "collections.OrderedDict[str, Tuple[float, Optional[str]]]" = collections.OrderedDict()
+        # reply subject -> [sent at, pin it carried, messages it may still bring], oldest first
+        self._requests: "collections.OrderedDict[str, list]" = collections.OrderedDict()
         self._unpinned_logged = False
 
     # --- what the puller tells it ---------------------------------------------------
@@ -193,17 +195,19 @@ class Claim:
         """What a pull request carries."""
         return {"group": streams.GROUP, "id": self.pin} if self.pin else {"group": streams.GROUP}
 
-    def sent(self, reply: str) -> None:
-        self._requests[reply] = (self.clock(), self.pin)
-        while len(self._requests) > 64:  # requests that ended without a word (fully served)
+    def sent(self, reply: str, batch: int) -> None:
+        self._requests[reply] = [self.clock(), self.pin, batch]
+        while len(self._requests) > MAX_OPEN_REQUESTS:  # ended without a word (by bytes): keep memory bounded
             self._requests.popitem(last=False)
 
-    def served(self) -> None:
-        """The requests sent so far were used up (every message they asked for came)."""
-        self._requests.clear()
-
     def status(self, reply: str, code: str) -> None:
-        sent = self._requests.pop(reply, None)
+        """The server ended request `reply`; those sent before it ended before it
+        (the same wait, received earlier)."""
+        sent = None
+        if reply in self._requests:
+            while sent is None:
+                key, request = self._requests.popitem(last=False)
+                sent = request if key == reply else None
         if code == WRONG_PIN:
             # About the pin we hold (or a request we no longer know: to be safe, the same);
             # a late answer to a request sent under an earlier pin changes nothing.
@@ -227,8 +231,18 @@ class Claim:
         if pin != self.pin:
             self._change(pin)
             self.since = now
-        if self._requests:  # the oldest request still open was sent before the server held the pin
-            self.until = max(self.until, next(iter(self._requests.values()))[0] + self.guard)
+        if self._requests:
+            # The server serves a client's requests in order, each up to its batch:
+            # this message answers the oldest one not known to have ended (or an
+            # older one, if the server ended it early: an earlier time, so safe),
+            # and that one was sent before the server held the pin. Never a
+            # request sent later, however late the message is read (a process
+            # frozen with messages in its socket, woken after it lost the pin).
+            reply, request = next(iter(self._requests.items()))
+            self.until = max(self.until, request[0] + self.guard)
+            request[2] -= 1
+            if request[2] <= 0:
+                del self._requests[reply]
         return True
 
     def _change(self, pin: Optional[str]) -> None:

@@ -102,13 +102,11 @@ class Puller:
 
     async def _request(self) -> None:
         request = {"batch": self.batch, "max_bytes": self.max_bytes, "expires": int(self.wait * 1e9)}
-        if self.claim is not None and self.requests and (self.owed <= 0 or self.bytes_owed <= 0):
-            self.claim.served()  # the open request was used up: it brings nothing more
         self.requests += 1
         reply = self._reply()
         if self.claim is not None:
             request.update(self.claim.fields())
-            self.claim.sent(reply)
+            self.claim.sent(reply, self.batch)
         await self.nc.publish(self.subject, json.dumps(request).encode(), reply=reply)
         self.owed, self.bytes_owed = self.batch, self.max_bytes
         self.expires_at = time.monotonic() + self.wait

@@ -1,6 +1,7 @@
 """The ownership rules that need no server: the lease a pin gives, the settings,
 the consumer configuration with its priority group, and the partition check."""
 
+import os
 import time
 
 import pytest
@@ -32,13 +33,13 @@ def test_a_new_pin_writes_only_after_the_guard_and_within_its_lease():
     clock = Clock()
     claim = Claim(T, clock)
     assert claim.fields() == {"group": streams.GROUP} and not claim.writable()
-    claim.sent("r.1")
+    claim.sent("r.1", 100)
     clock.now += 0.01
     assert claim.delivered(message("pinA"))
     assert claim.pin == "pinA" and claim.fields() == {"group": streams.GROUP, "id": "pinA"}
     assert not claim.writable()                  # the guard: an earlier owner's lease may run
     clock.now += 0.5
-    claim.sent("r.2")                            # the next request carries the pin ...
+    claim.sent("r.2", 100)                            # the next request carries the pin ...
     clock.now += 1.0
     claim.status("r.2", "408")                   # ... and the server took it: the lease is renewed
     assert claim.until == pytest.approx(100.51 + G)
@@ -51,37 +52,42 @@ def test_a_new_pin_writes_only_after_the_guard_and_within_its_lease():
         claim.check()
 
 
-def test_messages_renew_the_lease_from_the_oldest_request_still_open():
+def test_messages_renew_the_lease_from_the_request_they_answer():
     clock = Clock()
     claim = Claim(T, clock)
-    claim.sent("r.1")
+    claim.sent("r.1", 2)
     claim.delivered(message("pinA"))
     clock.now += G
-    claim.sent("r.2")            # still open: it may deliver long after it was sent
+    claim.sent("r.2", 2)         # r.1 still open: its last message may come after r.2 was sent
     clock.now += 0.5
-    claim.served()               # r.1 and r.2 were used up
-    claim.sent("r.3")
-    clock.now += 0.1
     claim.delivered(message("pinA"))
-    assert claim.until == pytest.approx(100 + G + 0.5 + G)
+    assert claim.until == pytest.approx(100 + G)            # r.1's: sent at 100
+    claim.delivered(message("pinA"))
+    assert claim.until == pytest.approx(100 + G + G)        # r.2's (r.1 brought its two)
     assert claim.writable()
+    claim.sent("r.3", 2)
+    clock.now += 0.1
+    claim.status("r.3", "408")   # r.3 ended, so did r.2 before it
+    claim.sent("r.4", 2)
+    claim.delivered(message("pinA"))
+    assert claim.until == pytest.approx(100 + G + 0.6 + G)  # r.4's
 
 
 def test_423_or_another_pin_ends_the_tenure():
     clock = Clock()
     claim = Claim(T, clock)
-    claim.sent("r.1")
+    claim.sent("r.1", 100)
     claim.delivered(message("pinA"))
     epoch = claim.epoch
     clock.now += G
-    claim.sent("r.2")
+    claim.sent("r.2", 100)
     claim.status("r.2", "408")
-    claim.sent("r.3")
+    claim.sent("r.3", 100)
     assert claim.writable()
     claim.status("r.3", "423")   # the server pinned another client
     assert claim.pin is None and claim.epoch != epoch and not claim.writable()
     assert claim.fields() == {"group": streams.GROUP}
-    claim.sent("r.4")
+    claim.sent("r.4", 100)
     claim.delivered(message("pinB"))
     assert claim.pin == "pinB" and not claim.writable()   # a new guard
 
@@ -89,7 +95,7 @@ def test_423_or_another_pin_ends_the_tenure():
 def test_a_request_sent_without_the_pin_proves_nothing():
     clock = Clock()
     claim = Claim(T, clock)
-    claim.sent("r.1")            # no pin yet
+    claim.sent("r.1", 100)            # no pin yet
     claim.delivered(message("pinA"))
     clock.now += G
     claim.status("r.1", "408")
@@ -246,10 +252,10 @@ class Client:
 
 def pinned(claim: Claim, clock: Clock, pin: str) -> None:
     """Make `claim` the writable owner under `pin` (guard passed, lease fresh)."""
-    claim.sent("r.1")
+    claim.sent("r.1", 100)
     claim.delivered(message(pin))
     clock.now += 0.5
-    claim.sent("r.2")
+    claim.sent("r.2", 100)
     clock.now += G - 0.25
     claim.status("r.2", "408")
     assert claim.writable()
@@ -298,3 +304,118 @@ def test_an_owner_that_lost_its_lease_writes_and_acknowledges_nothing_and_cuts_n
     assert path.read_bytes() == b"line 1\n"              # nothing written
     assert not old.tenure.loaded() and not loop.run_until_complete(old._owning())
     loop.close()
+
+
+class Publisher:
+    """A connection that only records what the puller publishes (its pull requests)."""
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    async def publish(self, subject, payload=b"", reply="", headers=None):
+        self.requests.append(reply)
+
+
+def test_a_frozen_owner_woken_up_gets_no_lease_from_what_it_was_sent_before_it_froze():
+    """The server serves one client's requests in order, each up to its batch. A
+    request sent on the local expiry of the one before can be counted as used up
+    by that one's late messages; the messages it was sent before the freeze must
+    still count from when it was sent, not from a request sent after waking up."""
+    import asyncio
+
+    from fshipper.puller import Puller
+
+    clock = Clock()
+    claim = Claim(T, clock)
+    puller = Puller(Publisher(), "SHIPPER", "SHIPPER_p0", batch=3, max_bytes=1 << 20, wait=0.6, claim=claim)
+    puller.inbox = "_INBOX.x"
+    loop = asyncio.new_event_loop()
+
+    def arrive(*msgs):
+        puller.arrived.extend(msgs)
+        return puller._drain()
+
+    loop.run_until_complete(puller._request())                 # r1
+    assert arrive(message("pinA"))
+    clock.now += G + 0.1
+    puller.expires_at = 0                                       # its wait is over here: the next one goes out
+    loop.run_until_complete(puller._request())                 # r2, sent at 100 + G + 0.1
+    arrive(message("pinA"), message("pinA"))                    # r1's last two
+    arrive(message("pinA"))                                     # r2's first
+    assert claim.writable()
+    clock.now += 30                                             # frozen, and the partition handed on meanwhile
+    assert not claim.writable()
+    loop.run_until_complete(puller._request())                 # woken up: r3, sent with the old pin
+    arrive(message("pinA"), message("pinA"))                    # r2's last two, in the socket since before
+    assert not claim.writable()
+    loop.close()
+
+
+def test_an_upgraded_consumer_carries_its_ledger_over_to_the_partitions_once(tmp_path, caplog):
+    import logging
+
+    from fshipper.ledger import Ledger
+    from fshipper.ownership import ledger_directory, migrate, partition_ledger
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "2", "SHIPPER_READ_PARTITIONS": "0,1",
+                        "SHIPPER_DIRECTORY": str(out), "SHIPPER_STATE_DIR": str(state)})
+    p0, p1 = host_on(0, 2), host_on(1, 2)
+    old = Ledger(str(state), s.name)          # what a consumer without failover kept
+    old.load()
+    for host, end in ((p0, 700), (p1, 900)):
+        old.advance(host, wire.Position("o1", 0, 0, end, first=(0, 0)))
+    old.commit({f"{out}/{p0}/app.log.20261202": 700, f"{out}/{p1}/app.log.20261202": 900})
+    old.close()
+    os.makedirs(ledger_directory(s))
+    with caplog.at_level(logging.INFO, logger="fshipper.ownership"):
+        migrate(s)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "carried over" in lines[0] and "p0: 1 producer(s), 1 file(s)" in lines[0]
+    for number, host, end in ((0, p0, 700), (1, p1, 900)):
+        ledger = partition_ledger(s, number)
+        ledger.read()
+        assert ledger.last(host, "o1")[:2] == [0, end]
+        assert ledger.files == {f"{out}/{host}/app.log.20261202": end}
+        assert ledger.sources.keys() == {f"{host} o1"}
+    assert not os.path.exists(old.path) and os.path.exists(old.path + ".migrated")
+    assert oct(os.stat(partition_ledger(s, 0).path).st_mode & 0o777) == "0o600"
+
+    caplog.clear()
+    moved = partition_ledger(s, 0)
+    moved.load()
+    moved.advance(p0, wire.Position("o1", 0, 700, 800, first=(0, 0)))
+    moved.commit({})
+    moved.close()
+    migrate(s)                                 # a later start: nothing left to carry over
+    assert not caplog.records
+    again = partition_ledger(s, 0)
+    again.read()
+    assert again.last(p0, "o1")[:2] == [0, 800]
+
+
+def test_a_partition_with_a_ledger_of_its_own_is_not_overwritten(tmp_path):
+    from fshipper.ledger import Ledger
+    from fshipper.ownership import ledger_directory, migrate, partition_ledger
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    s = load(tmp_path, {"SHIPPER_PARTITIONS": "2", "SHIPPER_READ_PARTITIONS": "0,1",
+                        "SHIPPER_DIRECTORY": str(out), "SHIPPER_STATE_DIR": str(state)})
+    p0, p1 = host_on(0, 2), host_on(1, 2)
+    old = Ledger(str(state), s.name)
+    old.load()
+    old.advance(p0, wire.Position("o1", 0, 0, 100, first=(0, 0)))
+    old.advance(p1, wire.Position("o2", 0, 0, 100, first=(0, 0)))
+    old.commit({})
+    old.close()
+    os.makedirs(ledger_directory(s))
+    mine = partition_ledger(s, 0)             # a partition a standby already owned
+    mine.load()
+    mine.advance(p0, wire.Position("o1", 0, 100, 500, first=(0, 0)))
+    mine.commit({})
+    mine.close()
+    migrate(s)
+    for number, host, origin, end in ((0, p0, "o1", 500), (1, p1, "o2", 100)):
+        ledger = partition_ledger(s, number)
+        ledger.read()
+        assert ledger.last(host, origin)[1] == end
