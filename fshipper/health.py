@@ -226,9 +226,9 @@ async def server_lines(js, settings: Settings, config_dir: str, now: float) -> L
                   f"replicas {info.config.num_replicas}",
                   {"messages": s.messages, "bytes": s.bytes, "first_seq": s.first_seq, "last_seq": s.last_seq})]
     paused = consumer_pauses(config_dir)
-    prefix = f"{settings.stream}_p"
     for c in sorted(consumers, key=lambda c: c.name):
-        suffix = c.name[len(prefix):] if c.name.startswith(prefix) else ""
+        # <stream>_p<N>, or <stream>_<group>_p<N> (SHIPPER_CONSUMER_GROUP)
+        suffix = c.name.rpartition("_p")[2] if c.name.startswith(f"{settings.stream}_") else ""
         lines.append(partition_line(c, int(suffix) if suffix.isdigit() else None, paused, now))
     return lines
 
