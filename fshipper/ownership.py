@@ -188,6 +188,7 @@ class Claim:
         # reply subject -> [sent at, pin it carried, messages it may still bring], oldest first
         self._requests: "collections.OrderedDict[str, list]" = collections.OrderedDict()
         self._unpinned_logged = False
+        self._renewed = False
 
     # --- what the puller tells it ---------------------------------------------------
 
@@ -235,11 +236,16 @@ class Claim:
             # The server serves a client's requests in order, each up to its batch:
             # this message answers the oldest one not known to have ended (or an
             # older one, if the server ended it early: an earlier time, so safe),
-            # and that one was sent before the server held the pin. Never a
-            # request sent later, however late the message is read (a process
-            # frozen with messages in its socket, woken after it lost the pin).
+            # and that one was sent before the server held the pin. A message only
+            # keeps a lease that still runs, or starts the first one of a pin: one
+            # read after the lease ran out may have waited in the socket while this
+            # process was frozen, and proves nothing about a request sent since it
+            # woke up. A lapsed lease comes back only with a request the server
+            # ended under the pin (status).
             reply, request = next(iter(self._requests.items()))
-            self.until = max(self.until, request[0] + self.guard)
+            if now < self.until or not self._renewed:
+                self.until = max(self.until, request[0] + self.guard)
+                self._renewed = True
             request[2] -= 1
             if request[2] <= 0:
                 del self._requests[reply]
@@ -249,6 +255,7 @@ class Claim:
         self.pin = pin
         self.epoch += 1
         self.until = 0.0
+        self._renewed = False   # no lease under this pin yet
 
     # --- what the consumer asks --------------------------------------------------------
 
