@@ -208,7 +208,7 @@ def freeze(site: Site, owner: Daemon, standby: Daemon, seconds: float) -> float:
     return takeover
 
 
-def failover_run(cluster, tmp_path, rounds: int, frozen_for: float) -> None:
+def failover_run(cluster, tmp_path, rounds: int, frozen_for: float, catch_up: float = 300) -> None:
     """Two consumers for both partitions, 4 hosts at 2,000 lines/s; each round
     kills the owner with -9, then freezes the new one; every line once, in order."""
     site = Site(tmp_path, cluster.url, SHIPPER_STREAM_REPLICAS=3)
@@ -238,7 +238,7 @@ def failover_run(cluster, tmp_path, rounds: int, frozen_for: float) -> None:
             publisher.stop()
         finally:
             stopped = time.monotonic()
-            results = settle(site, publisher, 300)
+            results = settle(site, publisher, catch_up)
             print(f"caught up {time.monotonic() - stopped - 1.5:.0f}s after the hosts stopped")
             site.stop()
     print(f"lines per host: {publisher.lines}; takeovers (s): {', '.join(f'{t:.2f}' for t in takeovers)}")
@@ -254,7 +254,9 @@ def test_standby_takes_over_after_kill_and_freeze_and_the_old_owner_writes_nothi
 @pytest.mark.chaos_long
 @pytest.mark.parametrize("run", range(3))
 def test_repeated_takeovers_with_30s_freezes(cluster, tmp_path, run):
-    failover_run(cluster, tmp_path, rounds=2, frozen_for=30)
+    # Two 30-s freezes leave some 50,000 lines per host to catch up through the
+    # early/redelivery path (README: Scaling out, known limit): minutes.
+    failover_run(cluster, tmp_path, rounds=2, frozen_for=30, catch_up=900)
 
 
 def test_a_host_on_the_wrong_partition_is_refused_and_its_owner_keeps_its_lines(nats_server, tmp_path):
