@@ -207,15 +207,18 @@ class Consumer:
                     msgs = await puller.fetch(self._commit_due() if self._uncommitted else None)
                 except nats.errors.TimeoutError:
                     owning = await self._owning()
-                    if owning and self._uncommitted:  # quiet now: commit what was gathered
+                    if owning and tenure and tenure.held:  # held through a new pin's guard
+                        msgs = tenure.take_held()
+                    elif owning and self._uncommitted:  # quiet now: commit what was gathered
                         delay = await self._commit_or_fail(number, backoff)
                         if delay:
                             await sleep(delay, stop)
                         continue
-                    if owning:
-                        self._housekeeping()
-                    await self._recheck(number)
-                    continue
+                    else:
+                        if owning:
+                            self._housekeeping()
+                        await self._recheck(number)
+                        continue
                 except (nats.errors.Error, OSError) as e:
                     delay = backoff.next_delay()
                     log.warning("partition %d: fetch failed (%s); retry in %.1fs",
@@ -223,8 +226,10 @@ class Consumer:
                     await sleep(delay, stop)
                     continue
                 if not await self._owning():
-                    await tenure.give_back(msgs)
+                    await tenure.hold_or_give_back(msgs)
                     continue
+                if tenure and tenure.held:
+                    msgs = tenure.take_held() + msgs
                 delay = await self._handle(number, msgs, backoff, more=puller.busy())
                 if delay:
                     # Pause. What the open request still brings meanwhile goes back
@@ -235,7 +240,8 @@ class Consumer:
         finally:
             if self._uncommitted and await self._owning():
                 await self._commit_or_fail(number, backoff)
-            for msg in await puller.stop():  # arrived, not written: at once to the next consumer
+            left = (tenure.take_held() if tenure else []) + await puller.stop()
+            for msg in left:  # arrived, not written: at once to the next consumer
                 await _reply(msg.nak())
             if tenure:
                 await tenure.release(name)

@@ -68,6 +68,7 @@ WRONG_PIN = "423"
 ENDED = ("408",)
 LEDGER_DIRECTORY = ".fshipper"
 MAX_OPEN_REQUESTS = 1024
+HOLD_MAX = 10000   # messages a new owner holds through its guard at most (ack_wait is 10 s)
 
 
 class FencedError(Exception):
@@ -358,6 +359,7 @@ class Tenure:
         self.claim = claim
         self.number = number
         self.epoch: Optional[int] = None   # the claim's epoch the state was loaded under
+        self.held: List[Msg] = []          # delivered within a new pin's guard, in order
 
     def fetch_wait(self, longest: float) -> float:
         """An owner's requests renew its lease: several within each guard period."""
@@ -402,6 +404,7 @@ class Tenure:
         self.forget()
         for reply in replies:
             await _reply(self.consumer.nc.publish(reply, b"-NAK"))
+        await self.give_back(self.take_held())
 
     def forget(self) -> None:
         """Drop what this tenure holds in memory, touching no file: the next owner cuts
@@ -414,6 +417,20 @@ class Tenure:
         consumer._tally = [0, 0, 0]
         consumer._early_since.clear()
         self.epoch = None
+
+    async def hold_or_give_back(self, msgs: List[Msg]) -> None:
+        """Not the owner yet. Within a new pin's guard the messages wait here, in the
+        order they came, until it has passed (given back, they would come again in
+        any order: plain lines of the original producer carry none of their own);
+        otherwise, or beyond HOLD_MAX, they go back."""
+        if self.claim.waiting() > 0 and len(self.held) + len(msgs) <= HOLD_MAX:
+            self.held += msgs
+            return
+        await self.give_back(self.take_held() + msgs)
+
+    def take_held(self) -> List[Msg]:
+        held, self.held = self.held, []
+        return held
 
     async def give_back(self, msgs: List[Msg]) -> None:
         """Not the owner, or not yet: the messages go back, the owner's soon (after the
