@@ -68,7 +68,8 @@ WRONG_PIN = "423"
 ENDED = ("408",)
 LEDGER_DIRECTORY = ".fshipper"
 MAX_OPEN_REQUESTS = 1024
-HOLD_MAX = 10000   # messages a new owner holds through its guard at most (ack_wait is 10 s)
+HOLD_MAX = 10000   # messages a new owner holds through its guard at most (ack_wait is 10 s),
+HOLD_BYTES = 16 << 20   # and bytes (payloads and headers), as one pull request brings
 
 
 class FencedError(Exception):
@@ -360,6 +361,7 @@ class Tenure:
         self.number = number
         self.epoch: Optional[int] = None   # the claim's epoch the state was loaded under
         self.held: List[Msg] = []          # delivered within a new pin's guard, in order
+        self.held_bytes = 0
 
     def fetch_wait(self, longest: float) -> float:
         """An owner's requests renew its lease: several within each guard period."""
@@ -422,14 +424,17 @@ class Tenure:
         """Not the owner yet. Within a new pin's guard the messages wait here, in the
         order they came, until it has passed (given back, they would come again in
         any order: plain lines of the original producer carry none of their own);
-        otherwise, or beyond HOLD_MAX, they go back."""
-        if self.claim.waiting() > 0 and len(self.held) + len(msgs) <= HOLD_MAX:
+        otherwise, or beyond HOLD_MAX or HOLD_BYTES, they go back."""
+        size = sum(_size(m) for m in msgs)
+        if (self.claim.waiting() > 0 and len(self.held) + len(msgs) <= HOLD_MAX
+                and self.held_bytes + size <= HOLD_BYTES):
             self.held += msgs
+            self.held_bytes += size
             return
         await self.give_back(self.take_held() + msgs)
 
     def take_held(self) -> List[Msg]:
-        held, self.held = self.held, []
+        held, self.held, self.held_bytes = self.held, [], 0
         return held
 
     async def give_back(self, msgs: List[Msg]) -> None:
@@ -475,3 +480,7 @@ class Tenure:
         if self.claim.writable():
             await release(self.consumer.nc, self.consumer.settings.stream, consumer)
 
+
+def _size(msg: Msg) -> int:
+    headers = msg.headers or {}
+    return len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())

@@ -368,7 +368,8 @@ class Sink:
             return
         try:
             with os.scandir(self.directory) as entries:
-                self.hosts = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
+                # Only host names: not <SHIPPER_DIRECTORY>/.fshipper (ledgers, ownership.py)
+                self.hosts = {e.name for e in entries if e.is_dir(follow_symlinks=False) and safe_host(e.name)}
         except FileNotFoundError:
             self.hosts = set()
 
