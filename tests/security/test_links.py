@@ -13,7 +13,9 @@ def today() -> str:
 
 
 def test_links_and_foreign_ledger_paths_are_never_followed(hostile):
-    h = hostile()
+    # The ledger in the state directory, where a consumer without failover reads
+    # it (one with failover carries it over first: tests/unit/test_ownership.py).
+    h = hostile(SHIPPER_FAILOVER_TIMEOUT="0")
     p, sentinel = h.p, h.sentinel.root
     # Planted before the consumer starts: a host directory that is a link to the
     # sentinel (expiry bait inside), an output file that is a link into it, a

@@ -35,7 +35,8 @@ def test_unsafe_host_names_write_nothing_outside_and_good_hosts_carry_on(pipelin
     wait_until(lambda: p.output_files("good-host") and p.output("good-host").count(b"\n") == 3, 20, p.logs)
     assert p.output("good-host") == b"good 0\ngood 1\ngood 2\n"
     # Nothing but the good host's directory under the output, nothing anywhere else in tmp_path.
-    assert sorted(os.listdir(p.out)) == ["good-host"]
+    # The good host's directory, and the partition ledgers (failover, on with SHIPPER_DIRECTORY)
+    assert sorted(os.listdir(p.out)) == [".fshipper", "good-host"]
     everything = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
     assert not [f for f in everything if b"evil" in open(f, "rb").read() and "jetstream" not in f
                 and not f.endswith(".log")]
