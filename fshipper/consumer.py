@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from . import connection, failpoint, ownership, streams, trust, wire
 from .config import EX_CONFIG, Settings
 from .daemon import DaemonError
+from .early import EarlyHold
 from .ledger import DUPLICATE, EARLY, Ledger
 from .ownership import Claim, FencedError
 from .puller import Puller
@@ -44,6 +45,7 @@ EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
 RECHECK_IDLE = 30.0     # seconds idle before checking the stream and consumer still exist
 COMMIT_EVERY = 1.0      # seconds a busy consumer may gather batches before one commit
 COMMIT_MAX = 10000      # messages gathered at most (well below the consumer's max_ack_pending)
+HELD = "held"           # a decision: early, kept in memory until its predecessor comes (early.py)
 
 
 class Counters:
@@ -88,6 +90,8 @@ class Consumer:
         self.status = StatusFile(settings.shipper_state_dir, settings.name, role="consumer",
                                  partitions=list(settings.shipper_read_partitions))
         self._early_since: Dict[str, float] = {}
+        self.early = EarlyHold()            # early messages waiting for their predecessor
+        self._advanced: set = set()         # producers whose chain the open batch moved on
         self.bounds = trust.Bounds(settings.shipper_max_hosts, self.refusals)
         self._next_expiry = 0.0
         self._checked: Dict[int, float] = {}
@@ -216,6 +220,9 @@ class Consumer:
                         continue
                     else:
                         if owning:
+                            delay = await self._tend_early(number, backoff)
+                            if delay:
+                                await sleep(delay, stop)
                             self._housekeeping()
                         await self._recheck(number)
                         continue
@@ -236,11 +243,13 @@ class Consumer:
                     # too: nothing later may be written ahead of the retried batch.
                     for msg in await puller.hold(delay, stop):
                         await _reply(msg.nak(delay=delay))
+                else:
+                    await self._tend_early(number, backoff)
                 self._housekeeping()
         finally:
             if self._uncommitted and await self._owning():
                 await self._commit_or_fail(number, backoff)
-            left = (tenure.take_held() if tenure else []) + await puller.stop()
+            left = self.early.take_all() + (tenure.take_held() if tenure else []) + await puller.stop()
             for msg in left:  # arrived, not written: at once to the next consumer
                 await _reply(msg.nak())
             if tenure:
@@ -304,24 +313,43 @@ class Consumer:
         messages are waiting (`more`), else once COMMIT_EVERY has passed, so a
         busy consumer pays one fsync per file for several batches.
         """
-        failpoint.reach("consumer-batch")
+        if msgs:
+            failpoint.reach("consumer-batch")
         acks: List[Msg] = []
         early: List[Tuple[Msg, float]] = []
         refused: List[Msg] = []
         written_bytes = 0
-        # Deciding and writing run without an await: batches of different
-        # partitions never interleave their writes.
-        for msg in msgs:
+
+        def decide(msg: Msg) -> bool:
+            nonlocal written_bytes
             decision = self._decide(msg)
             if decision is None:
                 refused.append(msg)
             elif decision == DUPLICATE:
                 acks.append(msg)
+            elif decision == HELD:
+                return True
             elif isinstance(decision, float):
                 early.append((msg, decision))
+                return True
             else:
                 acks.append(msg)
                 written_bytes += decision
+            return False
+
+        # Deciding and writing run without an await: batches of different
+        # partitions never interleave their writes.
+        self._advanced = set()
+        for msg in msgs:
+            self.counters.early += decide(msg)
+        released = []  # held messages whose predecessor this batch wrote, or whose wait is over
+        due = self._gap_due()
+        while self._advanced or due:
+            keys = (self._advanced | due) & set(self.early.keys())
+            self._advanced, due = set(), set()
+            for msg in self.early.take(keys):
+                released.append(msg)
+                decide(msg)
         try:
             fresh = self.sink.unrecorded()
             if fresh:
@@ -335,7 +363,7 @@ class Consumer:
         except OSError as e:
             return await self._fail(number, e, acks + [m for m, _ in early], refused, backoff)
         except FencedError:
-            await self.tenure.lapsed(number, msgs)
+            await self.tenure.lapsed(number, msgs + released)
             return 0.0
         if acks and not self._uncommitted:
             self._gathered_since = time.monotonic()
@@ -350,6 +378,17 @@ class Consumer:
         if more and self._commit_due() > 0 and len(self._uncommitted) < COMMIT_MAX:
             return 0.0
         return await self._commit_or_fail(number, backoff)
+
+    def _gap_due(self) -> set:
+        """Producers with messages held for SHIPPER_GAP_TIMEOUT: written on, with a gap."""
+        now, timeout = time.monotonic(), self.settings.shipper_gap_timeout
+        return {k for k in self.early.keys() if now - self._early_since.get(k, now) >= timeout}
+
+    async def _tend_early(self, number: int, backoff: Backoff) -> float:
+        """Keep held messages from being sent again; write on those waited for too long."""
+        for msg in self.early.due():
+            await _reply(msg.in_progress())
+        return await self._handle(number, [], backoff) if self._gap_due() else 0.0
 
     def _commit_due(self) -> float:
         """Seconds until what was gathered must be committed."""
@@ -394,6 +433,7 @@ class Consumer:
     async def _fail(self, number: int, error: OSError, msgs: List[Msg], refused: List[Msg],
                     backoff: Backoff) -> float:
         """Undo everything not committed; ask for it again after a back-off."""
+        msgs = msgs + self.early.take_all()
         if self.tenure is not None and not self.tenure.claim.writable():
             self.tenure.forget()  # cutting files back is for the owner (the next one does it)
         self.sink.rollback()
@@ -416,8 +456,9 @@ class Consumer:
         return delay
 
     def _decide(self, msg: Msg):
-        """None: refuse; DUPLICATE; a float: early, ask again after that delay;
-        an int: written (bytes queued for this batch)."""
+        """None: refuse; DUPLICATE; HELD: early, kept until its predecessor comes;
+        a float: early, ask again after that delay; an int: written (bytes queued
+        for this batch)."""
         parsed = wire.parse_subject(self.settings.shipper_subject, msg.subject)
         if parsed is None or (self.settings.shipper_directory and not safe_host(parsed[1])):
             return self._refuse(msg.subject, "the host name is not a safe directory name", "host name")
@@ -456,12 +497,14 @@ class Consumer:
             if pos.origin not in self.ledger.origins(host):
                 self.bounds.wait(host, pos.origin)
             if self.jetstream and time.monotonic() - first < self.settings.shipper_gap_timeout:
-                self.counters.early += 1
+                if self.early.hold(key, pos, msg):
+                    return HELD
                 return min(0.2 * msg.metadata.num_delivered, 5.0)
             self.counters.gaps += 1
             log.error("host %s: %s never came within %.0fs; writing on from %s (a gap in the output)",
                       host, self._missing(host, pos), self.settings.shipper_gap_timeout, pos.encode())
         self._early_since.pop(key, None)
+        self._advanced.add(key)
         self.bounds.written(host, pos.origin)
         self._end_open_line(host, path, pos if verdict != EARLY else None)
         if skip:  # the start of this range was written already
@@ -518,7 +561,7 @@ def _samples(consumer: "Consumer") -> list:
          c.duplicates),
         ("fshipper_consumer_refusals", "counter",
          "messages refused: unsafe host name or path, bad subject or header, a bound reached", c.refusals.total),
-        ("fshipper_consumer_early", "counter", "messages asked again as they came before their predecessor",
+        ("fshipper_consumer_early", "counter", "messages that came before their predecessor (held until it came, or asked again)",
          c.early),
         ("fshipper_consumer_gaps", "counter", "predecessors that never came within SHIPPER_GAP_TIMEOUT", c.gaps),
         ("fshipper_consumer_write_errors", "counter", "batches that could not be written (then paused)",

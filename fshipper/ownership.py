@@ -53,6 +53,7 @@ from nats.aio.msg import Msg
 
 from . import streams, wire
 from .config import Settings
+from .early import EarlyHold
 from .ledger import Ledger, LedgerError
 from .util import atomic_write
 
@@ -362,6 +363,7 @@ class Tenure:
         self.epoch: Optional[int] = None   # the claim's epoch the state was loaded under
         self.held: List[Msg] = []          # delivered within a new pin's guard, in order
         self.held_bytes = 0
+        self.full = False                  # held all it may: the rest of the guard goes back
 
     def fetch_wait(self, longest: float) -> float:
         """An owner's requests renew its lease: several within each guard period."""
@@ -403,10 +405,11 @@ class Tenure:
         from .consumer import _reply
 
         replies = self.consumer._uncommitted
+        early = self.consumer.early.take_all()
         self.forget()
         for reply in replies:
             await _reply(self.consumer.nc.publish(reply, b"-NAK"))
-        await self.give_back(self.take_held())
+        await self.give_back(self.take_held() + early)
 
     def forget(self) -> None:
         """Drop what this tenure holds in memory, touching no file: the next owner cuts
@@ -418,23 +421,32 @@ class Tenure:
         consumer._uncommitted = []
         consumer._tally = [0, 0, 0]
         consumer._early_since.clear()
+        consumer.early = EarlyHold()  # what it held comes again after ack_wait
         self.epoch = None
 
     async def hold_or_give_back(self, msgs: List[Msg]) -> None:
         """Not the owner yet. Within a new pin's guard the messages wait here, in the
         order they came, until it has passed (given back, they would come again in
-        any order: plain lines of the original producer carry none of their own);
-        otherwise, or beyond HOLD_MAX or HOLD_BYTES, they go back."""
-        size = sum(_size(m) for m in msgs)
-        if (self.claim.waiting() > 0 and len(self.held) + len(msgs) <= HOLD_MAX
-                and self.held_bytes + size <= HOLD_BYTES):
-            self.held += msgs
-            self.held_bytes += size
+        any order: plain lines of the original producer carry none of their own).
+        Beyond HOLD_MAX or HOLD_BYTES the rest goes back, and so does everything
+        after it within the guard, so that what is held is the oldest part; with no
+        guard running (this client lost the pin) all of it goes back."""
+        if self.claim.waiting() <= 0:
+            await self.give_back(self.take_held() + msgs)
             return
-        await self.give_back(self.take_held() + msgs)
+        kept = 0
+        while not self.full and kept < len(msgs):
+            size = _size(msgs[kept])
+            if len(self.held) >= HOLD_MAX or self.held_bytes + size > HOLD_BYTES:
+                self.full = True
+                break
+            self.held.append(msgs[kept])
+            self.held_bytes += size
+            kept += 1
+        await self.give_back(msgs[kept:])
 
     def take_held(self) -> List[Msg]:
-        held, self.held, self.held_bytes = self.held, [], 0
+        held, self.held, self.held_bytes, self.full = self.held, [], 0, False
         return held
 
     async def give_back(self, msgs: List[Msg]) -> None:

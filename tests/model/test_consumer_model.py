@@ -160,6 +160,8 @@ class Server:
             rest = payload[4:].strip()
             delay = json.loads(rest)["delay"] / 1e9 if rest else 0.0
             self.due[index] = self.now + delay
+        elif payload == b"+WPI":   # in progress: not due again before ack_wait from now
+            self.due[index] = self.now + ACK_WAIT
         elif payload.startswith(b"+TERM"):
             self.terminated.append(index)
             self.acked.add(index)

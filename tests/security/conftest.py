@@ -117,6 +117,17 @@ class Hostile:
             return taken
         return asyncio.run(send())
 
+    def drained(self, consumer: str = "SHIPPER_p0") -> bool:
+        """The consumer has handled (acknowledged or refused) everything in the stream."""
+        async def info():
+            nc = await nats.connect(self.url)
+            try:
+                return await nc.jetstream().consumer_info("SHIPPER", consumer)
+            finally:
+                await nc.close()
+        state = asyncio.run(info())
+        return state.num_pending == 0 and state.num_ack_pending == 0
+
     def finish(self, expected: Callable[[bytes], bytes] = lambda out: out) -> str:
         """Wait for the legitimate host's lines; check them, the sentinel and the
         daemons; stop the consumer and return its log. `expected` maps the output
