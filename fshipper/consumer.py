@@ -343,7 +343,7 @@ class Consumer:
         for msg in msgs:
             self.counters.early += decide(msg)
         released = []  # held messages whose predecessor this batch wrote, or whose wait is over
-        due = self._gap_due()
+        due = self._held_due()
         while self._advanced or due:
             keys = (self._advanced | due) & set(self.early.keys())
             self._advanced, due = set(), set()
@@ -379,16 +379,22 @@ class Consumer:
             return 0.0
         return await self._commit_or_fail(number, backoff)
 
-    def _gap_due(self) -> set:
-        """Producers with messages held for SHIPPER_GAP_TIMEOUT: written on, with a gap."""
+    def _held_due(self) -> set:
+        """Producers whose held messages are to be decided again although no
+        predecessor came: held for SHIPPER_GAP_TIMEOUT (written on, with a gap),
+        or moved here while resharding (their old partition's record may have
+        moved on since)."""
         now, timeout = time.monotonic(), self.settings.shipper_gap_timeout
-        return {k for k in self.early.keys() if now - self._early_since.get(k, now) >= timeout}
+        due = {k for k in self.early.keys() if now - self._early_since.get(k, now) >= timeout}
+        if self.tenure is not None:
+            due |= self.tenure.moved_due(self.early.keys())
+        return due
 
     async def _tend_early(self, number: int, backoff: Backoff) -> float:
         """Keep held messages from being sent again; write on those waited for too long."""
         for msg in self.early.due():
             await _reply(msg.in_progress())
-        return await self._handle(number, [], backoff) if self._gap_due() else 0.0
+        return await self._handle(number, [], backoff) if self._held_due() else 0.0
 
     def _commit_due(self) -> float:
         """Seconds until what was gathered must be committed."""

@@ -71,6 +71,7 @@ LEDGER_DIRECTORY = ".fshipper"
 MAX_OPEN_REQUESTS = 1024
 HOLD_MAX = 10000   # messages a new owner holds through its guard at most (ack_wait is 10 s),
 HOLD_BYTES = 16 << 20   # and bytes (payloads and headers), as one pull request brings
+MOVED_RECHECK = 1.0     # seconds between reads of a moved producer's old partition ledger
 
 
 class FencedError(Exception):
@@ -364,6 +365,7 @@ class Tenure:
         self.held: List[Msg] = []          # delivered within a new pin's guard, in order
         self.held_bytes = 0
         self.full = False                  # held all it may: the rest of the guard goes back
+        self.moved: Dict[str, float] = {}  # producers that moved here (resharding) -> last read there
 
     def fetch_wait(self, longest: float) -> float:
         """An owner's requests renew its lease: several within each guard period."""
@@ -422,6 +424,7 @@ class Tenure:
         consumer._tally = [0, 0, 0]
         consumer._early_since.clear()
         consumer.early = EarlyHold()  # what it held comes again after ack_wait
+        self.moved.clear()
         self.epoch = None
 
     async def hold_or_give_back(self, msgs: List[Msg]) -> None:
@@ -462,11 +465,20 @@ class Tenure:
     def moved_here(self, host: str, origin: str) -> bool:
         """While resharding: a producer this partition has no record of may have moved
         here from the host's partition under the other count. Its ledger (on the shared
-        storage, next to ours) says where the producer was; adopt that record."""
+        storage, next to ours) says where the producer was; adopt that record. It is
+        read again (at most every MOVED_RECHECK) while the producer's messages here
+        are early: the old partition may have written and committed more of it after
+        the first read."""
         settings, ledger = self.consumer.settings, self.consumer.ledger
         counts = partition_counts(settings)
-        if len(counts) < 2 or ledger.last(host, origin) is not None:
+        key = f"{host} {origin}"
+        mine = ledger.last(host, origin)
+        if len(counts) < 2 or (mine is not None and key not in self.moved):
             return False
+        now = time.monotonic()
+        if now - self.moved.get(key, -MOVED_RECHECK) < MOVED_RECHECK:
+            return False
+        self.moved[key] = now
         for count in counts:
             other = wire.partition(host, count)
             if other == self.number:
@@ -477,13 +489,18 @@ class Tenure:
             except (OSError, LedgerError) as e:
                 log.warning("host %s: cannot read partition %d's ledger: %s", host, other, e)
                 continue
-            last = record.sources.get(f"{host} {origin}")
-            if last is not None:
+            last = record.sources.get(key)
+            if last is not None and (mine is None or (last[0], last[1]) > (mine[0], mine[1])):
                 log.info("host %s: moved from partition %d to %d; going on from its record there "
                          "(file %d byte %d)", host, other, self.number, last[0], last[1])
                 ledger.adopt(host, origin, last)
                 return True
         return False
+
+    def moved_due(self, keys) -> Set[str]:
+        """Producers that moved here whose old partition's record is due to be read again."""
+        now = time.monotonic()
+        return {k for k in keys if k in self.moved and now - self.moved[k] >= MOVED_RECHECK}
 
     async def reclaim(self, consumer: str) -> None:
         await reclaim(self.consumer.nc, self.consumer.settings, consumer)

@@ -201,7 +201,9 @@ def test_while_resharding_the_old_partition_is_accepted_too(tmp_path):
     assert consumer._decide(msg) is None and consumer.refusals.by_reason == {"partition": 1}
 
 
-def test_while_resharding_a_moved_producer_goes_on_from_its_old_partitions_ledger(tmp_path):
+def resharding(tmp_path):
+    """Settings while resharding 2 -> 4, a host whose partition changes, and the old
+    partition's ledger recording 100 bytes of the host's producer origin-1."""
     from fshipper.ledger import Ledger
     from fshipper.ownership import ledger_directory
 
@@ -210,22 +212,45 @@ def test_while_resharding_a_moved_producer_goes_on_from_its_old_partitions_ledge
                         "SHIPPER_STATE_DIR": str(tmp_path / "state")})
     host = next(h for h in (f"web{n}.example.net" for n in range(1000))
                 if wire.partition(h, 4) != wire.partition(h, 2))
-    old, new = wire.partition(host, 2), wire.partition(host, 4)
-    before = Ledger(ledger_directory(s), streams.consumer_name(s, old))
+    before = Ledger(ledger_directory(s), streams.consumer_name(s, wire.partition(host, 2)))
     before.load()
     before.advance(host, wire.Position("origin-1", 0, 0, 100, first=(0, 0)))
     before.commit({})
+    return s, host, before
+
+
+def moved_message(host: str, pos: wire.Position) -> Msg:
+    stored = f"$JS.ACK.SHIPPER.SHIPPER_p{wire.partition(host, 4)}.1.1.1.{time.time_ns()}.0"
+    return Msg(None, subject=wire.subject("shipper", host, 4), reply=stored, data=b"123456789",
+               headers=wire.headers(host, pos, False))
+
+
+def test_while_resharding_a_moved_producer_goes_on_from_its_old_partitions_ledger(tmp_path):
+    s, host, before = resharding(tmp_path)
     before.close()
-    consumer = Consumer(s, claim=Claim(T), partition=new)
-    stored = f"$JS.ACK.SHIPPER.SHIPPER_p{new}.1.1.1.{time.time_ns()}.0"
-    pos = wire.Position("origin-1", 0, 100, 110, first=(0, 0))
-    msg = Msg(None, subject=wire.subject("shipper", host, 4), reply=stored, data=b"123456789",
-              headers=wire.headers(host, pos, False))
+    consumer = Consumer(s, claim=Claim(T), partition=wire.partition(host, 4))
+    msg = moved_message(host, wire.Position("origin-1", 0, 100, 110, first=(0, 0)))
     assert consumer._decide(msg) == 10          # written: it continues where the old partition ended
-    unknown = wire.Position("origin-2", 0, 100, 110, first=(0, 0))
-    msg = Msg(None, subject=wire.subject("shipper", host, 4), reply=stored, data=b"123456789",
-              headers=wire.headers(host, unknown, False))
+    msg = moved_message(host, wire.Position("origin-2", 0, 100, 110, first=(0, 0)))
     assert consumer._decide(msg) == HELD   # no record anywhere: waits for its chain's start
+
+
+def test_a_moved_producer_whose_old_partition_commits_more_later_goes_on_from_there(tmp_path, monkeypatch):
+    """The old partition had written a host's last lines but not yet committed them
+    when the new one first read its ledger: the new one adopted a record that was
+    behind, and the producer's next lines, after the written ones, waited for ever."""
+    from fshipper import ownership
+
+    monkeypatch.setattr(ownership, "MOVED_RECHECK", 0.0)
+    s, host, before = resharding(tmp_path)
+    consumer = Consumer(s, claim=Claim(T), partition=wire.partition(host, 4))
+    msg = moved_message(host, wire.Position("origin-1", 0, 110, 120, first=(0, 0)))  # 100..110 went to the old one
+    assert consumer._decide(msg) == HELD
+    assert consumer._held_due() == {f"{host} origin-1"}   # read again, although nothing came
+    before.advance(host, wire.Position("origin-1", 0, 100, 110, first=(0, 0)))
+    before.commit({})
+    before.close()
+    assert consumer._decide(msg) == 10      # the old partition's newer record: written on from 110
 
 
 def test_a_file_another_partition_recorded_as_long_or_longer_is_not_cut(tmp_path):
