@@ -205,6 +205,13 @@ class Consumer:
         log.info("partition %d: consuming %s%s", number, name,
                  " (writing only while it owns the partition)" if tenure else "")
         backoff = Backoff(first=0.5, cap=30.0)
+
+        async def pause(delay: float) -> None:
+            """After a failed batch: what the open request still brings meanwhile goes
+            back too, so that nothing later is written ahead of what is asked again."""
+            for msg in await puller.hold(delay, stop):
+                await _reply(msg.nak(delay=delay))
+
         try:
             while not stop.is_set():
                 try:
@@ -216,13 +223,13 @@ class Consumer:
                     elif owning and self._uncommitted:  # quiet now: commit what was gathered
                         delay = await self._commit_or_fail(number, backoff)
                         if delay:
-                            await sleep(delay, stop)
+                            await pause(delay)
                         continue
                     else:
                         if owning:
                             delay = await self._tend_early(number, backoff)
                             if delay:
-                                await sleep(delay, stop)
+                                await pause(delay)
                             self._housekeeping()
                         await self._recheck(number)
                         continue
@@ -238,13 +245,10 @@ class Consumer:
                 if tenure and tenure.held:
                     msgs = tenure.take_held() + msgs
                 delay = await self._handle(number, msgs, backoff, more=puller.busy())
+                if not delay:
+                    delay = await self._tend_early(number, backoff)
                 if delay:
-                    # Pause. What the open request still brings meanwhile goes back
-                    # too: nothing later may be written ahead of the retried batch.
-                    for msg in await puller.hold(delay, stop):
-                        await _reply(msg.nak(delay=delay))
-                else:
-                    await self._tend_early(number, backoff)
+                    await pause(delay)
                 self._housekeeping()
         finally:
             if self._uncommitted and await self._owning():
@@ -347,9 +351,13 @@ class Consumer:
         while self._advanced or due:
             keys = (self._advanced | due) & set(self.early.keys())
             self._advanced, due = set(), set()
-            for msg in self.early.take(keys):
-                released.append(msg)
-                decide(msg)
+            for key in keys:
+                # In chain order, until one is early still: those after it are too.
+                for msg in self.early.chain(key):
+                    self.early.drop(key, msg)
+                    released.append(msg)
+                    if decide(msg):
+                        break
         try:
             fresh = self.sink.unrecorded()
             if fresh:

@@ -19,14 +19,14 @@ as before.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Tuple
 
 from nats.aio.msg import Msg
 
 from . import streams
 from .wire import Position
 
-PROGRESS_EVERY = streams.ACK_WAIT / 3
+PROGRESS_EVERY = streams.ACK_WAIT / 4
 HOLD_MAX = 8000          # messages; with COMMIT_MAX well below the consumer's max_ack_pending
 HOLD_BYTES = 16 << 20    # payloads, headers and what a message costs in memory
 OVERHEAD = 512           # bytes a held message costs beyond its payload and headers
@@ -40,8 +40,11 @@ def size(msg: Msg) -> int:
 class EarlyHold:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        # producer ("host origin") -> stream sequence -> [position, message, last told]
-        self._chains: Dict[str, Dict[int, list]] = {}
+        # producer ("host origin") -> stream sequence -> (position, message)
+        self._chains: Dict[str, Dict[int, Tuple[Position, Msg]]] = {}
+        # stream sequence -> when the server last heard of it (held first, or told in
+        # progress); kept while a message is taken out and held again
+        self._told: Dict[int, float] = {}
         self.count = 0
         self.bytes = 0
 
@@ -57,7 +60,10 @@ class EarlyHold:
         if older is None and (self.count >= HOLD_MAX or self.bytes + grows > HOLD_BYTES):
             return False
         self._chains[key] = chain
-        chain[seq] = [pos, msg, self.clock()]
+        chain[seq] = (pos, msg)
+        if older is not None and older[1] is not msg:   # sent again: its ack_wait starts anew
+            self._told[seq] = self.clock()
+        self._told.setdefault(seq, self.clock())
         self.count += older is None
         self.bytes += grows
         return True
@@ -65,28 +71,33 @@ class EarlyHold:
     def keys(self) -> Iterable[str]:
         return self._chains.keys()
 
-    def take(self, keys: Iterable[str]) -> List[Msg]:
-        """The held messages of these producers, each producer's in chain order."""
-        msgs: List[Msg] = []
-        for key in keys:
-            chain = self._chains.pop(key, None)
-            if chain:
-                held = sorted(chain.values(), key=lambda e: (e[0].gen, e[0].start))
-                msgs += [m for _, m, _ in held]
-                self.count -= len(held)
-                self.bytes -= sum(size(m) for _, m, _ in held)
-        return msgs
+    def chain(self, key: str) -> List[Msg]:
+        """A producer's held messages in chain order (still held: see `drop`)."""
+        held = sorted(self._chains.get(key, {}).values(), key=lambda e: (e[0].gen, e[0].start))
+        return [m for _, m in held]
+
+    def drop(self, key: str, msg: Msg) -> None:
+        chain = self._chains[key]
+        del chain[msg.metadata.sequence.stream]
+        if not chain:
+            del self._chains[key]
+        self.count -= 1
+        self.bytes -= size(msg)
 
     def take_all(self) -> List[Msg]:
-        return self.take(list(self._chains))
+        msgs = [m for key in list(self._chains) for m in self.chain(key)]
+        self._chains, self._told, self.count, self.bytes = {}, {}, 0, 0
+        return msgs
 
     def due(self) -> List[Msg]:
         """Those to be told in progress now (each is then due again PROGRESS_EVERY later)."""
         now = self.clock()
-        msgs = []
+        msgs, told = [], {}
         for chain in self._chains.values():
-            for entry in chain.values():
-                if now - entry[2] >= PROGRESS_EVERY:
-                    entry[2] = now
-                    msgs.append(entry[1])
+            for seq, (_, msg) in chain.items():
+                told[seq] = self._told.get(seq, now)
+                if now - told[seq] >= PROGRESS_EVERY:
+                    told[seq] = now
+                    msgs.append(msg)
+        self._told = told   # forgets those no longer held
         return msgs

@@ -242,6 +242,7 @@ class ConsumerModel(RuleBasedStateMachine):
     def _start(self) -> None:
         self.consumer = Consumer(self.settings)
         self.consumer.nc = self.client
+        self.consumer.early.clock = lambda: self.server.now   # held messages told in progress on the model's clock
         self.consumer.open_state()
         self.backoff = Backoff(first=0.5, cap=30.0)
 
@@ -283,6 +284,13 @@ class ConsumerModel(RuleBasedStateMachine):
             return
         self.faults.arm(*(fault or (None, "crash")))
         self._run(self.consumer._commit_or_fail(0, self.backoff))
+        self.faults.arm(None, "crash")
+
+    @rule(fault=st.one_of(st.none(), st.tuples(st.integers(0, 4), st.sampled_from(["crash", "error"]))))
+    def tend(self, fault) -> None:
+        """Between fetches: held messages told in progress (+WPI) when due."""
+        self.faults.arm(*(fault or (None, "crash")))
+        self._run(self.consumer._tend_early(0, self.backoff))
         self.faults.arm(None, "crash")
 
     @rule()
