@@ -33,7 +33,7 @@ from .wire import safe_host
 log = logging.getLogger(__name__)
 
 IOV_MAX = 1024
-WORKER_THREADS = 16  # files written or flushed at once
+WORKER_THREADS = 16  # files flushed at once (a commit's fsyncs)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under the output directory must not hang the open.
 FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
