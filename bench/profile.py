@@ -5,8 +5,11 @@ during one burst or one steady-rate run, then the top functions.
     python -m bench.profile burst --lines 200000 --size 1000
     python -m bench.profile latency --rate 1000 --seconds 10
     python -m bench.profile burst --perf      # perf record of all three processes
+    python -m bench.profile fanin --hosts 1000 --lines 2000000   # the consumer only
 
-Sampling starts after the warm-up line, so start-up is not in the profile.
+Sampling starts after the warm-up line, so start-up is not in the profile
+(in the fan-in, which has none, once the consumer is started: its start-up
+waits in epoll, which is left out).
 py-spy runs with --nonblocking (it does not stop the process to sample),
 and samples where a thread waits in epoll or for work are left out.
 """
@@ -49,10 +52,11 @@ def top(path: Path, count: int) -> str:
 def main(argv: List[str] = sys.argv[1:]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=("burst", "latency"))
+    ap.add_argument("scenario", choices=("burst", "latency", "fanin"))
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--hosts", type=int, default=1000, help="fan-in: simulated hosts")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--perf", action="store_true", help="perf record (with the server) instead of py-spy")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fshipper-profile")
@@ -62,9 +66,7 @@ def main(argv: List[str] = sys.argv[1:]) -> int:
     samplers: List[subprocess.Popen] = []
     warm_up = scenarios._warm_up
 
-    def sampled_warm_up(sut, input_file, size):
-        warm = warm_up(sut, input_file, size)
-        roles = ("producer", "consumer", "server") if args.perf else ("producer", "consumer")
+    def sample(sut, roles):
         for role in roles:
             pid = str(sut.proc(role).pid)
             argv = (["perf", "record", "-F", "499", "-g", "-p", pid, "-o", str(args.out / f"{role}.perf")]
@@ -72,12 +74,24 @@ def main(argv: List[str] = sys.argv[1:]) -> int:
                     [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-p", pid,
                      "-o", str(args.out / f"{role}.txt")])
             samplers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def sampled_warm_up(sut, input_file, size):
+        warm = warm_up(sut, input_file, size)
+        sample(sut, ("producer", "consumer", "server") if args.perf else ("producer", "consumer"))
         return warm
 
+    class SampledSink(Fshipper):
+        def start_sink(self) -> None:
+            super().start_sink()
+            sample(self, ("consumer", "server") if args.perf else ("consumer",))
+
     scenarios._warm_up = sampled_warm_up
-    sut = Fshipper(args.out / "run")
+    sut = (SampledSink if args.scenario == "fanin" else Fshipper)(args.out / "run")
+    roles = ("consumer",) if args.scenario == "fanin" else ("producer", "consumer")
     try:
-        if args.scenario == "burst":
+        if args.scenario == "fanin":
+            metrics = scenarios.fanin(sut, args.hosts, args.lines // args.hosts, 100, 100, 600)
+        elif args.scenario == "burst":
             cache = args.out / "cache"
             metrics = scenarios.burst(sut, cache, args.lines, args.size, 600)
         else:
@@ -92,7 +106,7 @@ def main(argv: List[str] = sys.argv[1:]) -> int:
     if args.perf:
         print(f"perf report -i {args.out}/<role>.perf --no-children --sort dso,symbol")
     else:
-        for role in ("producer", "consumer"):
+        for role in roles:
             print(top(args.out / f"{role}.txt", 12))
     return 0
 

@@ -63,9 +63,11 @@ def plan(args: argparse.Namespace, cache: Path) -> Dict[str, List[tuple]]:
     return {g: out[g] for g in args.scenarios}
 
 
-def measure_once(system: str, key: str, measure: Measure, base: Path,
+def measure_once(system: str, key: str, run: int, measure: Measure, base: Path,
                  keep: bool, later: List[Path]) -> Dict[str, float]:
-    sut = SYSTEMS[system](base / f"{system}-{key}")
+    # A directory per run: the same name again would remove the earlier run's
+    # tree just before this run creates its own (see SystemUnderTest.cleanup).
+    sut = SYSTEMS[system](base / f"{system}-{key}-{run}")
     ok = False
     try:
         metrics = measure(sut)
@@ -92,7 +94,7 @@ def run_all(args: argparse.Namespace, base: Path) -> Results:
                     for system in order:
                         started = time.monotonic()
                         try:
-                            metrics = measure_once(system, key, measure, base, args.keep, later)
+                            metrics = measure_once(system, key, i + 1, measure, base, args.keep, later)
                         except BenchError as e:
                             metrics = None
                             print(f"[{i + 1}/{runs}] {key} {system}: FAILED: {e}",

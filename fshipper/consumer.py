@@ -45,6 +45,7 @@ EXPIRE_EVERY = 3600.0   # seconds between sweeps of old output files
 RECHECK_IDLE = 30.0     # seconds idle before checking the stream and consumer still exist
 COMMIT_EVERY = 1.0      # seconds a busy consumer may gather batches before one commit
 COMMIT_MAX = 10000      # messages gathered at most (well below the consumer's max_ack_pending)
+COMMIT_QUIET = 0.005    # seconds without a message before a commit, when nothing said more was coming
 HELD = "held"           # a decision: early, kept in memory until its predecessor comes (early.py)
 
 
@@ -215,7 +216,7 @@ class Consumer:
         try:
             while not stop.is_set():
                 try:
-                    msgs = await puller.fetch(self._commit_due() if self._uncommitted else None)
+                    msgs = await puller.fetch(self._fetch_wait(puller))
                 except nats.errors.TimeoutError:
                     owning = await self._owning()
                     if owning and tenure and tenure.held:  # held through a new pin's guard
@@ -244,7 +245,7 @@ class Consumer:
                     continue
                 if tenure and tenure.held:
                     msgs = tenure.take_held() + msgs
-                delay = await self._handle(number, msgs, backoff, more=puller.busy())
+                delay = await self._handle(number, msgs, backoff, more=True)
                 if not delay:
                     delay = await self._tend_early(number, backoff)
                 if delay:
@@ -313,9 +314,10 @@ class Consumer:
         """Decide and write one batch; returns how long the partition should pause.
 
         Written lines are visible at once; they are made durable, recorded and
-        acknowledged together at the next commit — after this batch if no more
-        messages are waiting (`more`), else once COMMIT_EVERY has passed, so a
-        busy consumer pays one fsync per file for several batches.
+        acknowledged together at the next commit — after this batch unless the
+        caller looks for more (`more`: it commits once no message came for a
+        moment, see `_fetch_wait`), and at the latest once COMMIT_EVERY has
+        passed, so a busy consumer pays one fsync per file for several batches.
         """
         if msgs:
             failpoint.reach("consumer-batch")
@@ -407,6 +409,24 @@ class Consumer:
     def _commit_due(self) -> float:
         """Seconds until what was gathered must be committed."""
         return max(0.0, self._gathered_since + COMMIT_EVERY - time.monotonic())
+
+    def _fetch_wait(self, puller: Puller) -> Optional[float]:
+        """How long the next fetch may wait before what was gathered is
+        committed (None: nothing is gathered).
+
+        While more is coming, until COMMIT_EVERY has passed; when nothing says
+        so, COMMIT_QUIET. The puller's view can be old: the count of what the
+        stream still holds comes with the last message delivered, before the
+        batch was written, and writing a batch for 1,000 new hosts takes a
+        tenth of a second while the stream fills up. A moment's wait for the
+        next message spares a commit (an fsync per file) in the middle of a
+        backlog; an idle consumer acknowledges that much later, and written
+        lines were visible at once.
+        """
+        if not self._uncommitted:
+            return None
+        due = self._commit_due()
+        return due if puller.busy() else min(due, COMMIT_QUIET)
 
     async def _commit_or_fail(self, number: int, backoff: Backoff) -> float:
         try:

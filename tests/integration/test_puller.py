@@ -1,5 +1,5 @@
 """The puller tells the consumer whether more is waiting, so a busy consumer
-gathers batches into one commit and an idle one commits each batch at once."""
+gathers batches into one commit and an idle one commits each batch within a moment."""
 
 import asyncio
 import json

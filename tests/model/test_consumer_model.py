@@ -348,13 +348,12 @@ def fault_points(monkeypatch):
 
     monkeypatch.setattr(failpoint, "reach", lambda name: faults_of().step(name, name != "consumer-batch"))
 
-    write_some = Sink._write_some
+    write_parts = Sink._write_parts
 
-    def write_some_with_faults(jobs):
-        for job in jobs:
-            faults_of().step("write (between files)")
-            write_some([job])
-    monkeypatch.setattr(Sink, "_write_some", staticmethod(write_some_with_faults))
+    def write_parts_with_faults(fd, parts):
+        faults_of().step("write (between files)")
+        write_parts(fd, parts)
+    monkeypatch.setattr(Sink, "_write_parts", staticmethod(write_parts_with_faults))
 
     append = Ledger._append
 
