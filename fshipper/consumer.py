@@ -241,8 +241,11 @@ class Consumer:
                     await sleep(delay, stop)
                     continue
                 if not await self._owning():
+                    puller.max_bytes = ownership.GUARD_FETCH_BYTES  # what it holds stays small
                     await tenure.hold_or_give_back(msgs)
+                    await tenure.wait_out_guard(puller, stop)
                     continue
+                puller.max_bytes = FETCH_BYTES
                 if tenure and tenure.held:
                     msgs = tenure.take_held() + msgs
                 delay = await self._handle(number, msgs, backoff, more=True)
@@ -447,6 +450,9 @@ class Consumer:
         started = time.monotonic()
         lengths = self.sink.sync()
         failpoint.reach("consumer-commit")
+        if self.tenure is not None:
+            # The fsyncs may have taken longer than the lease had left.
+            await self.tenure.confirm(margin=self.tenure.claim.guard / 2)
         self.ledger.commit(lengths)
         if self.tenure is not None:
             # The journal line was begun under the lease; if it ended after, a new

@@ -70,8 +70,10 @@ ENDED = ("408",)
 LEDGER_DIRECTORY = ".fshipper"
 MAX_OPEN_REQUESTS = 1024
 HOLD_MAX = 10000   # messages a new owner holds through its guard at most (ack_wait is 10 s),
-HOLD_BYTES = 16 << 20   # and bytes (payloads and headers), as one pull request brings
+HOLD_BYTES = 4 << 20    # and bytes (payloads and headers); one open request may add to it,
+GUARD_FETCH_BYTES = 1 << 20   # which brings at most this much while this client is not the owner
 MOVED_RECHECK = 1.0     # seconds between reads of a moved producer's old partition ledger
+CONFIRM_EVERY = 0.2     # seconds between questions to the server about the pin at most
 
 
 class FencedError(Exception):
@@ -255,6 +257,21 @@ class Claim:
                 del self._requests[reply]
         return True
 
+    def confirmed(self, sent: float, pinned: Optional[str]) -> None:
+        """The server said, in answer to a request sent at `sent` (this clock), which
+        client it has pinned: ours renews the lease as a request it ended under the
+        pin does (the pin was ours at some moment after `sent`); another, or none,
+        means this client has lost the partition."""
+        if self.pin is None:
+            return
+        if pinned == self.pin:
+            self.until = max(self.until, sent + self.guard)
+            self._renewed = True
+        else:
+            log.warning("lost the partition: the server has %s pinned, not %s",
+                        f"client {pinned}" if pinned else "no client", self.pin)
+            self._change(None)
+
     def _change(self, pin: Optional[str]) -> None:
         self.pin = pin
         self.epoch += 1
@@ -364,8 +381,9 @@ class Tenure:
         self.epoch: Optional[int] = None   # the claim's epoch the state was loaded under
         self.held: List[Msg] = []          # delivered within a new pin's guard, in order
         self.held_bytes = 0
-        self.full = False                  # held all it may: the rest of the guard goes back
+        self.full = False                  # held all it may: no more is asked for within the guard
         self.moved: Dict[str, float] = {}  # producers that moved here (resharding) -> last read there
+        self._confirmed_at = -CONFIRM_EVERY    # when the server was last asked for the pin
 
     def fetch_wait(self, longest: float) -> float:
         """An owner's requests renew its lease: several within each guard period."""
@@ -376,6 +394,8 @@ class Tenure:
 
     async def owning(self) -> bool:
         claim, consumer = self.claim, self.consumer
+        if claim.pin is not None and claim.waiting() == 0 and not claim.writable():
+            await self.confirm()   # the lease ran out (a busy loop, a long commit) but not the pin?
         if self.epoch is not None and self.epoch != claim.epoch:
             log.warning("partition %d: no longer the owner; %d message(s) given back unacknowledged",
                         self.number, len(consumer._uncommitted))
@@ -393,6 +413,33 @@ class Tenure:
             log.info("partition %d: owner now (pin %s); written up to the ledger in %s",
                      self.number, claim.pin, consumer.ledger.path)
         return self.epoch is not None and claim.writable()
+
+    async def confirm(self, margin: float = 0.0) -> None:
+        """Ask the server which client it has pinned (CONSUMER.INFO, answered by the
+        consumer's leader), unless the lease runs for `margin` seconds more. While
+        a backlog fills every pull request, no request ends with 408: without this,
+        a lease that ran out while the loop was busy (a commit's fsyncs of a large
+        batch take seconds) would never come back, and messages read late prove
+        nothing (Claim.delivered)."""
+        claim = self.claim
+        now = claim.clock()
+        if claim.pin is None or claim.until - now > margin or now - self._confirmed_at < CONFIRM_EVERY:
+            return
+        self._confirmed_at = now
+        settings = self.consumer.settings
+        name = streams.consumer_name(settings, self.number)
+        try:
+            answer = await self.consumer.nc.request(f"$JS.API.CONSUMER.INFO.{settings.stream}.{name}",
+                                                    b"", timeout=min(2.0, claim.guard / 2))
+            info = json.loads(answer.data)
+        except (nats.errors.Error, OSError, ValueError) as e:
+            log.debug("partition %d: cannot ask which client is pinned: %s", self.number, e)
+            return
+        if "error" in info:
+            return
+        pinned = next((g.get("pinned_client_id") for g in info.get("priority_groups") or []
+                       if g.get("group") == streams.GROUP), None)
+        claim.confirmed(now, pinned)
 
     async def lapsed(self, number: int, msgs: List[Msg]) -> None:
         """The fence stopped a write or a commit: give everything back."""
@@ -430,23 +477,24 @@ class Tenure:
     async def hold_or_give_back(self, msgs: List[Msg]) -> None:
         """Not the owner yet. Within a new pin's guard the messages wait here, in the
         order they came, until it has passed (given back, they would come again in
-        any order: plain lines of the original producer carry none of their own).
-        Beyond HOLD_MAX or HOLD_BYTES the rest goes back, and so does everything
-        after it within the guard, so that what is held is the oldest part; with no
-        guard running (this client lost the pin) all of it goes back."""
+        any order, and a host's later ones would have to wait for them). Once
+        HOLD_MAX or HOLD_BYTES is reached the caller asks for no more until the
+        guard has passed (`wait_out_guard`): what the open request still brings is
+        held too. With no guard running (this client lost the pin) all of it goes back."""
         if self.claim.waiting() <= 0:
             await self.give_back(self.take_held() + msgs)
             return
-        kept = 0
-        while not self.full and kept < len(msgs):
-            size = _size(msgs[kept])
-            if len(self.held) >= HOLD_MAX or self.held_bytes + size > HOLD_BYTES:
-                self.full = True
-                break
-            self.held.append(msgs[kept])
-            self.held_bytes += size
-            kept += 1
-        await self.give_back(msgs[kept:])
+        self.held += msgs
+        self.held_bytes += sum(_size(m) for m in msgs)
+        self.full = len(self.held) >= HOLD_MAX or self.held_bytes >= HOLD_BYTES
+
+    async def wait_out_guard(self, puller, stop) -> None:
+        """Held all it may: wait for the guard to pass without asking for more (at most
+        the guard, well within the server's timeout, so the pin stays)."""
+        if self.full and self.claim.waiting() > 0:
+            late = await puller.hold(self.claim.waiting(), stop)
+            self.held += late
+            self.held_bytes += sum(_size(m) for m in late)
 
     def take_held(self) -> List[Msg]:
         held, self.held, self.held_bytes, self.full = self.held, [], 0, False

@@ -2,6 +2,7 @@
 
 import asyncio
 import signal
+import time
 
 import nats
 
@@ -243,3 +244,24 @@ def test_a_first_start_killed_before_its_first_line_still_ships_the_file_rotated
     assert verdict(p.output(), range(1, n)) == {"lines": n - 1, "received": n - 1, "lost": 0, "duplicated": 0,
                                                 "reordered": 0}
     assert p.output() == want
+
+
+def test_a_backlog_in_large_messages_drains_at_once_after_the_owners_guard(pipeline):
+    """200 MB waiting in the file before the daemons start: the producer sends it in
+    large messages, and a new owner gets far more of them within its guard than it
+    holds. Handed back, they came again behind later ones, which then waited for
+    them one redelivery at a time: a 300 MB backlog took 159 s instead of 3 s."""
+    p = pipeline()
+    lines = 2_000_000
+    append_numbered(p.log, 1, lines, width=100)
+    size = p.log.stat().st_size
+    p.consumer.start()
+    p.producer.start()
+    started = time.monotonic()
+    wait_until(lambda: p.output_files() and len(p.output()) >= size, 120,
+               lambda: f"the output to reach {size} bytes\n{p.logs()}", interval=0.1)
+    drained = time.monotonic() - started
+    out = p.output()
+    assert out == p.log.read_bytes(), verdict(out, range(1, lines + 1))
+    print(f"\n{size / 1e6:.0f} MB backlog written in {drained:.1f} s")
+    assert drained < 30

@@ -1,8 +1,10 @@
 """The ownership rules that need no server: the lease a pin gives, the settings,
 the consumer configuration with its priority group, and the partition check."""
 
+import json
 import os
 import time
+from typing import Optional
 
 import pytest
 from nats.aio.client import ServerVersion
@@ -269,11 +271,17 @@ def test_a_file_another_partition_recorded_as_long_or_longer_is_not_cut(tmp_path
 class Client:
     """What a consumer publishes on (acknowledgements, naks), recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, pinned: Optional[str] = None) -> None:
         self.sent = []
+        self.pinned = pinned   # the client the server has pinned, as CONSUMER.INFO says
 
     async def publish(self, subject, payload=b"", reply="", headers=None):
         self.sent.append((subject, payload))
+
+    async def request(self, subject, payload=b"", timeout=None):
+        assert subject.startswith("$JS.API.CONSUMER.INFO."), subject
+        group = {"group": streams.GROUP, **({"pinned_client_id": self.pinned} if self.pinned else {})}
+        return Msg(self, subject="_INBOX.x", data=json.dumps({"priority_groups": [group]}).encode())
 
 
 def pinned(claim: Claim, clock: Clock, pin: str) -> None:
@@ -296,7 +304,7 @@ def test_an_owner_that_lost_its_lease_writes_and_acknowledges_nothing_and_cuts_n
     host = "web1.example.net"
     clock = Clock()
     old = Consumer(s, claim=Claim(T, clock), partition=0)
-    old.nc = Client()
+    old.nc = Client(pinned="pinA")
     loop = asyncio.new_event_loop()
     offset = [0]
 
@@ -318,7 +326,8 @@ def test_an_owner_that_lost_its_lease_writes_and_acknowledges_nothing_and_cuts_n
 
     clock.now += G          # frozen: the lease ran out; another process owns the partition now
     new = Consumer(s, claim=Claim(T, clock), partition=0)
-    new.nc = Client()
+    new.nc = Client(pinned="pinB")
+    old.nc.pinned = "pinB"
     pinned(new.tenure.claim, clock, "pinB")
     assert loop.run_until_complete(new._owning())
     assert path.read_bytes() == b"line 1\n"              # the new owner cut what was never recorded
@@ -465,3 +474,27 @@ def test_a_lease_that_ran_out_is_not_renewed_by_messages_read_late():
     clock.now += 0.5
     claim.status("r.3", "408")                   # the server took r.3 under pinA after all
     assert claim.writable()
+
+
+def test_a_lease_that_ran_out_comes_back_when_the_server_says_the_pin_is_still_ours():
+    """A backlog fills every pull request, so none ends with 408; a commit that
+    blocked the loop past the lease (fsyncs of a large batch) left the owner unable
+    to write for good, giving every message back (a 1 GB backlog stopped at 397 MB).
+    The server's answer about the pin, to a question asked after the lease ran out,
+    brings it back; another client pinned means the partition is lost."""
+    clock = Clock()
+    claim = Claim(T, clock)
+    pinned(claim, clock, "pinA")
+    clock.now += T                               # a long commit: nothing read meanwhile
+    assert not claim.writable()
+    claim.delivered(message("pinA"))             # read late: proves nothing
+    assert not claim.writable()
+    asked = clock.now
+    clock.now += 0.01
+    claim.confirmed(asked, "pinA")
+    assert claim.writable()
+    clock.now += T / 2                           # no more than the guard after the question
+    assert not claim.writable()
+    epoch = claim.epoch
+    claim.confirmed(clock.now, "pinB")
+    assert claim.pin is None and claim.epoch != epoch and not claim.writable()
