@@ -47,6 +47,13 @@ async def publish(url: str, batch: list) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+    # A warm-up line through, as in every other scenario: the consumer is then
+    # connected and owns its partition (the guard after a pin has passed).
+    ack = await js.publish(wire.subject(batch[0][0].split(".")[0], "warm-up", 0), b"warm-up")
+    while (await js.consumer_info(ack.stream, f"{ack.stream}_p0")).ack_floor.stream_seq < ack.seq:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer did not write the warm-up line")
+        await asyncio.sleep(0.02)
     print(time.monotonic(), flush=True)     # the runner's start of clock
     futures = [await js.publish_async(s, p, headers=h) for s, p, h in batch]
     await asyncio.wait_for(js.publish_async_completed(), 120)
