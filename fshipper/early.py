@@ -33,8 +33,13 @@ OVERHEAD = 512           # bytes a held message costs beyond its payload and hea
 
 
 def size(msg: Msg) -> int:
+    """A message's payload and headers, in bytes."""
     headers = msg.headers or {}
-    return OVERHEAD + len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())
+    return len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())
+
+
+def _held_size(msg: Msg) -> int:
+    return OVERHEAD + size(msg)
 
 
 class EarlyHold:
@@ -56,7 +61,7 @@ class EarlyHold:
         seq = msg.metadata.sequence.stream
         chain = self._chains.get(key, {})
         older = chain.get(seq)
-        grows = size(msg) - (size(older[1]) if older else 0)
+        grows = _held_size(msg) - (_held_size(older[1]) if older else 0)
         if older is None and (self.count >= HOLD_MAX or self.bytes + grows > HOLD_BYTES):
             return False
         self._chains[key] = chain
@@ -82,7 +87,7 @@ class EarlyHold:
         if not chain:
             del self._chains[key]
         self.count -= 1
-        self.bytes -= size(msg)
+        self.bytes -= _held_size(msg)
 
     def take_all(self) -> List[Msg]:
         msgs = [m for key in list(self._chains) for m in self.chain(key)]

@@ -53,7 +53,7 @@ from nats.aio.msg import Msg
 
 from . import streams, wire
 from .config import Settings
-from .early import EarlyHold
+from .early import EarlyHold, size
 from .ledger import Ledger, LedgerError
 from .util import atomic_write
 
@@ -485,7 +485,7 @@ class Tenure:
             await self.give_back(self.take_held() + msgs)
             return
         self.held += msgs
-        self.held_bytes += sum(_size(m) for m in msgs)
+        self.held_bytes += sum(size(m) for m in msgs)
         self.full = len(self.held) >= HOLD_MAX or self.held_bytes >= HOLD_BYTES
 
     async def wait_out_guard(self, puller, stop) -> None:
@@ -494,7 +494,7 @@ class Tenure:
         if self.full and self.claim.waiting() > 0:
             late = await puller.hold(self.claim.waiting(), stop)
             self.held += late
-            self.held_bytes += sum(_size(m) for m in late)
+            self.held_bytes += sum(size(m) for m in late)
 
     def take_held(self) -> List[Msg]:
         held, self.held, self.held_bytes, self.full = self.held, [], 0, False
@@ -556,8 +556,3 @@ class Tenure:
     async def release(self, consumer: str) -> None:
         if self.claim.writable():
             await release(self.consumer.nc, self.consumer.settings.stream, consumer)
-
-
-def _size(msg: Msg) -> int:
-    headers = msg.headers or {}
-    return len(msg.data) + sum(len(k) + len(v) for k, v in headers.items())
