@@ -352,7 +352,7 @@ class Consumer:
         for msg in msgs:
             self.counters.early += decide(msg)
         released = []  # held messages whose predecessor this batch wrote, or whose wait is over
-        due = self._held_due()
+        due = self._held_due() if self.early else set()
         while self._advanced or due:
             keys = (self._advanced | due) & set(self.early.keys())
             self._advanced, due = set(), set()
@@ -405,6 +405,8 @@ class Consumer:
 
     async def _tend_early(self, number: int, backoff: Backoff) -> float:
         """Keep held messages from being sent again; write on those waited for too long."""
+        if not self.early:   # after every batch: nothing to do unless something is held
+            return 0.0
         for msg in self.early.due():
             await _reply(msg.in_progress())
         return await self._handle(number, [], backoff) if self._held_due() else 0.0
