@@ -19,9 +19,10 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import wire
+from .util import Wake
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class Follower:
         self.problem: Optional[str] = None  # why the file cannot be read now (for status)
         self._tail = b""  # the last bytes read: to recognise a copytruncate copy
         self._truncated: Optional[int] = None  # while reading a copy: the truncated file
-        self._changed = asyncio.Event()
+        self._changed = False   # inotify reported a change since the last take_change()
+        self.listener: Optional[Callable[[], None]] = None   # called at each change
         self._notifier = None
         self._wm = None
         self._file_wd: Optional[int] = None
@@ -122,7 +124,7 @@ class Follower:
                 if event.wd == follower._file_wd or (event.name or "").startswith(follower.base):
                     if event.mask & pyinotify.IN_MOVE_SELF and event.wd == follower._file_wd:
                         log.info("%s: moved away (IN_MOVE_SELF); reading it to its end", follower._label())
-                    follower._changed.set()
+                    follower._notice()
 
         self._pyinotify = pyinotify
         self._wm = pyinotify.WatchManager()
@@ -139,13 +141,28 @@ class Follower:
                 os.close(fd)
         self.fd = self._truncated = None
 
+    def _notice(self) -> None:
+        self._changed = True
+        if self.listener is not None:
+            self.listener()
+
+    def changed(self) -> bool:
+        """Has inotify reported a change since the last take_change()?"""
+        return self._changed
+
+    def take_change(self) -> None:
+        self._changed = False
+
     async def wait(self, timeout: float = POLL_SECONDS) -> None:
         """Until inotify reports a change (or `timeout`, as a safety net)."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        self._changed.clear()
+        if not self._changed:
+            wake = Wake()
+            self.listener = wake.set
+            try:
+                await wake.wait(timeout)
+            finally:
+                self.listener = None
+        self._changed = False
 
     def _label(self) -> str:
         return f"{self.path} (file {self.ref.gen}, inode {self.ref.ino})" if self.ref else self.path

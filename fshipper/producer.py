@@ -38,7 +38,7 @@ from .config import Settings
 from .follower import POLL_SECONDS, Chunk, Follower
 from .offsets import PositionStore
 from .statusfile import StatusFile
-from .util import Backoff, first, quiet, sleep
+from .util import Backoff, Wake, first, sleep
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class Producer:
         self.repeats_reported = False
         self.nc = None
         self.max_bytes = settings.shipper_batch_bytes
+        self.wake = Wake()   # the one wait between lines: _wait
 
     async def run(self, stop: asyncio.Event) -> None:
         resume = self.store.load()
@@ -131,10 +132,14 @@ class Producer:
                 return
             self.nc = connecting.result()
             self.max_bytes = max(4096, min(self.max_bytes, self.nc.max_payload - HEADER_ROOM))
-            if self.settings.shipper_mode == "core":
-                await self._ship_core(stop)
-            else:
-                await self._ship_jetstream(stop)
+            watcher = asyncio.ensure_future(self.wake.watch(stop))
+            try:
+                if self.settings.shipper_mode == "core":
+                    await self._ship_core(stop)
+                else:
+                    await self._ship_jetstream(stop)
+            finally:
+                watcher.cancel()
         finally:
             self.store.close()
             self.follower.close()
@@ -191,22 +196,38 @@ class Producer:
             # (its buffer full while disconnected) is sent again, not lost.
             self.window.append(sent)
             await self._publish(js, sent)
+            # A turn of the loop: the client's flusher sends it now, before the
+            # next read and, at the end of the file, the checks for rotation.
+            await asyncio.sleep(0)
 
     async def _await_head(self, head: Sent, stop: asyncio.Event) -> bool:
         """Wait for the head's confirmation (True), the stop, its deadline or,
         while the window has room, a change of the file: new lines are then
         published at once rather than a confirmation's round trip later."""
         remaining = max(0.0, head.deadline - time.monotonic())
-        if len(self.window) >= self.settings.shipper_max_inflight:
-            return await first(asyncio.shield(head.future), stop, remaining)
-        guarded = asyncio.shield(head.future)
-        changed = asyncio.ensure_future(self.follower.wait(remaining))
-        try:
-            await first(asyncio.wait({guarded, changed}, return_when=asyncio.FIRST_COMPLETED), stop, remaining)
-        finally:
-            changed.cancel()
-            quiet(guarded)  # a failure is read from head.future
+        await self._wait(stop, remaining, head, file=len(self.window) < self.settings.shipper_max_inflight)
         return head.future.done()
+
+    async def _wait(self, stop: asyncio.Event, timeout: Optional[float], head: Optional[Sent] = None,
+                    file: bool = True) -> None:
+        """Until the stop, `timeout`, the confirmation of `head` or (if `file`) a
+        change of the file, whichever comes first: one future that each of them
+        resolves (util.Wake), so a line written meanwhile costs one turn of the
+        loop to notice."""
+        follower = self.follower
+        if not (stop.is_set() or (head is not None and head.future.done()) or (file and follower.changed())):
+            if head is not None:
+                head.future.add_done_callback(self.wake.set)
+            if file:
+                follower.listener = self.wake.set
+            try:
+                await self.wake.wait(timeout)
+            finally:
+                if head is not None:
+                    head.future.remove_done_callback(self.wake.set)
+                follower.listener = None
+        if file:
+            follower.take_change()   # what it reported is read next
 
     async def _publish(self, js, sent: Sent) -> None:
         headers = self._headers(sent.chunk, sent.suffix)
@@ -239,7 +260,7 @@ class Producer:
         self.store.flush_due()
         self._note_file()
         timeout = self.store.min_interval if self.store.pending else POLL_SECONDS
-        await first(self.follower.wait(timeout), stop, None)
+        await self._wait(stop, timeout)
 
     def _count(self, chunk: Chunk) -> None:
         self.counters.lines += chunk.lines

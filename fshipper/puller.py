@@ -24,6 +24,7 @@ import time
 from typing import Deque, List, Optional
 
 from .ownership import Claim
+from .util import Wake
 
 import nats.errors
 from nats.aio.client import Client
@@ -46,7 +47,7 @@ class Puller:
         self.wait = wait
         self.sub = None
         self.arrived: Deque[Msg] = collections.deque()
-        self.signal = asyncio.Event()
+        self.wake = Wake()   # a message's arrival ends the wait in one turn of the loop
         self.owed = 0                 # messages the open request may still bring
         self.bytes_owed = 0
         self.expires_at = 0.0
@@ -61,18 +62,13 @@ class Puller:
 
     async def _arrive(self, msg: Msg) -> None:
         self.arrived.append(msg)
-        self.signal.set()
+        self.wake.set()
 
     async def _next(self, timeout: float) -> bool:
         """Wait until something arrived (True) or `timeout` passed (False)."""
-        if self.arrived:
-            return True
-        self.signal.clear()
-        try:
-            await asyncio.wait_for(self.signal.wait(), timeout)
-        except asyncio.TimeoutError:
-            return bool(self.arrived)
-        return True
+        if not self.arrived:
+            await self.wake.wait(timeout)
+        return bool(self.arrived)
 
     async def stop(self) -> List[Msg]:
         """Unsubscribe; returns what had arrived and was not handed out (to give back)."""

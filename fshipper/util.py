@@ -52,6 +52,40 @@ async def first(aw: Awaitable, stop: asyncio.Event, timeout: Optional[float]) ->
     return task.done()
 
 
+class Wake:
+    """One wait that ends at whichever of its sources fires first: callers
+    hand `set` to whatever should wake them (a future's done callback, a
+    file's change) and check those sources before they wait. A line's path
+    crosses a wait in each daemon; a wait made of tasks (asyncio.wait over
+    wait_for over Event.wait) costs a turn of the loop per level there, this
+    one a single turn."""
+
+    def __init__(self) -> None:
+        self._future: "Optional[asyncio.Future]" = None
+
+    def set(self, *_) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self, timeout: Optional[float]) -> None:
+        """Until `set` is called or `timeout` seconds (None: no limit) passed."""
+        loop = asyncio.get_running_loop()
+        self._future = future = loop.create_future()
+        timer = loop.call_later(timeout, self.set) if timeout is not None else None
+        try:
+            await future
+        finally:
+            self._future = None
+            if timer is not None:
+                timer.cancel()
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Wake every wait once `stop` is set (run as a task for the waits' lifetime)."""
+        await stop.wait()
+        self.set()
+
+
 def quiet(future: "asyncio.Future") -> None:
     """Mark `future`'s exception as seen, now or when it ends: its outcome is
     read elsewhere (the future it shields), and asyncio logs an exception
