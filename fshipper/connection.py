@@ -20,6 +20,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from . import protocol
 from .config import ConfigError, Loaded, Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ async def connect(settings: Settings, pending_bytes: int = 8 * 1024 * 1024,
     `on_change` hears of each connection problem, and None when connected again."""
     reporter = _Reporter(on_change)
     nc = _TlsOnlyClient() if settings.tls_required else Client()
+    nc._ps = protocol.Parser(nc)   # one copy of each payload (protocol.py)
 
     async def reconnected() -> None:
         await reporter.reconnected(nc)
